@@ -1,0 +1,324 @@
+# -*- test-case-name: tests.test_cli -*-
+"""
+The C{majordomo} command: C{serve}, C{keys ...}, C{db init}, C{pricing show}.
+
+Each subcommand is an C{async} function taking the reactor, the loaded
+configuration, its options and the output streams, and returning an exit
+code; L{main} runs one with C{task.react}.  Tests call L{run} inside their own
+reactor with stdout/stderr captured.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TextIO
+
+import psycopg2
+from twisted.internet import defer, task
+from twisted.python import usage
+
+from majordomo.config import Config, ConfigError, load_config
+from majordomo.db import Database
+from majordomo.keys import ApiKey, KeyNotFound, KeyStore
+from majordomo.schema import apply_schema
+
+
+class _CommandOptions(usage.Options):
+    """Every subcommand accepts --config too, so it can go anywhere."""
+
+    optParameters: list[list[Any]] = [
+        ["config", "c", None, "Configuration file (default: ./majordomo.yaml)."]
+    ]
+
+
+class ServeOptions(_CommandOptions):
+    synopsis = "[--config PATH]"
+    description = "Run the gateway in the foreground (same as twistd -n majordomo)."
+
+
+class KeysCreateOptions(_CommandOptions):
+    synopsis = "--name NAME [--description TEXT]"
+    optParameters = _CommandOptions.optParameters + [
+        ["name", "n", None, "A name for the key (required)."],
+        ["description", "d", None, "What the key is for."],
+    ]
+
+    def postOptions(self) -> None:
+        if not self["name"]:
+            raise usage.UsageError("--name is required")
+
+
+class _KeyIdOptions(_CommandOptions):
+    synopsis = "KEY_ID"
+
+    def parseArgs(self, key_id: str) -> None:
+        self["key_id"] = key_id
+
+
+class KeysUpdateOptions(_KeyIdOptions):
+    synopsis = "KEY_ID [--name NAME] [--description TEXT]"
+    optParameters = _CommandOptions.optParameters + [
+        ["name", "n", None, "New name."],
+        ["description", "d", None, "New description."],
+    ]
+
+    def postOptions(self) -> None:
+        if self["name"] is None and self["description"] is None:
+            raise usage.UsageError("give --name and/or --description")
+
+
+class KeysOptions(usage.Options):
+    synopsis = "create|list|get|update|revoke"
+    subCommands = [
+        ["create", None, KeysCreateOptions, "Create an API key (shown once)."],
+        ["list", None, _CommandOptions, "List API keys."],
+        ["get", None, _KeyIdOptions, "Show one API key."],
+        ["update", None, KeysUpdateOptions, "Rename or describe an API key."],
+        ["revoke", None, _KeyIdOptions, "Revoke an API key at once."],
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("keys needs a subcommand: " + self.synopsis)
+
+
+class DbOptions(usage.Options):
+    synopsis = "init"
+    subCommands = [
+        ["init", None, _CommandOptions, "Create the database if missing and apply schema.sql."]
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("db needs a subcommand: init")
+
+
+class PricingShowOptions(_CommandOptions):
+    synopsis = "MODEL [--provider openai|anthropic|gemini|azure]"
+    optParameters = _CommandOptions.optParameters + [
+        ["provider", "p", None, "Provider (default: guessed from the model name)."]
+    ]
+
+    def parseArgs(self, model: str) -> None:
+        self["model"] = model
+
+
+class PricingOptions(usage.Options):
+    synopsis = "show MODEL"
+    subCommands = [["show", None, PricingShowOptions, "Show the price used for a model."]]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("pricing needs a subcommand: show")
+
+
+class Options(_CommandOptions):
+    synopsis = "majordomo [--config PATH] COMMAND ..."
+    subCommands = [
+        ["serve", None, ServeOptions, "Run the gateway in the foreground."],
+        ["keys", None, KeysOptions, "Manage Majordomo API keys."],
+        ["db", None, DbOptions, "Manage the database."],
+        ["pricing", None, PricingOptions, "Inspect price data."],
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("a command is required")
+
+    def config_path(self) -> str | None:
+        """--config from wherever it was given (the innermost wins)."""
+        path = self["config"]
+        options: Any = self
+        while getattr(options, "subOptions", None) is not None:
+            options = options.subOptions
+            path = options.get("config") or path
+        return path
+
+
+Command = Callable[[Any, Config, Any, TextIO], Awaitable[int]]
+
+
+def _format_time(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S %Z").strip() if value else "never"
+
+
+def _status(key: ApiKey) -> str:
+    return "active" if key.is_active else "revoked"
+
+
+async def _keys_create(store: KeyStore, options: Any, out: TextIO) -> int:
+    key, plaintext = await store.create(options["name"], options["description"])
+    out.write(
+        "API Key created successfully!\n\n"
+        f"  ID:   {key.id}\n"
+        f"  Name: {key.name}\n"
+        f"  Key:  {plaintext}\n\n"
+        "\u26a0\ufe0f  Save this key now - it cannot be retrieved later.\n"
+    )
+    return 0
+
+
+async def _keys_list(store: KeyStore, options: Any, out: TextIO) -> int:
+    keys = await store.list()
+    if not keys:
+        out.write("No API keys yet. Create one with: majordomo keys create --name NAME\n")
+        return 0
+    rows = [("ID", "NAME", "STATUS", "REQUESTS", "LAST USED", "CREATED")]
+    for key in keys:
+        rows.append(
+            (
+                str(key.id),
+                key.name,
+                _status(key),
+                str(key.request_count),
+                _format_time(key.last_used_at),
+                _format_time(key.created_at),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() + "\n")
+    return 0
+
+
+def _describe_key(key: ApiKey, out: TextIO) -> None:
+    out.write(
+        f"  ID:          {key.id}\n"
+        f"  Name:        {key.name}\n"
+        f"  Description: {key.description or ''}\n"
+        f"  Status:      {_status(key)}\n"
+        f"  Requests:    {key.request_count}\n"
+        f"  Last used:   {_format_time(key.last_used_at)}\n"
+        f"  Created:     {_format_time(key.created_at)}\n"
+    )
+    if key.revoked_at:
+        out.write(f"  Revoked:     {_format_time(key.revoked_at)}\n")
+
+
+async def _keys_get(store: KeyStore, options: Any, out: TextIO) -> int:
+    _describe_key(await store.get(options["key_id"]), out)
+    return 0
+
+
+async def _keys_update(store: KeyStore, options: Any, out: TextIO) -> int:
+    key = await store.update(options["key_id"], options["name"], options["description"])
+    out.write("API key updated.\n\n")
+    _describe_key(key, out)
+    return 0
+
+
+async def _keys_revoke(store: KeyStore, options: Any, out: TextIO) -> int:
+    key = await store.revoke(options["key_id"])
+    out.write(f"API key {key.id} ({key.name}) revoked. Requests using it now get 401.\n")
+    return 0
+
+
+_KEY_COMMANDS = {
+    "create": _keys_create,
+    "list": _keys_list,
+    "get": _keys_get,
+    "update": _keys_update,
+    "revoke": _keys_revoke,
+}
+
+
+async def _keys(reactor: Any, config: Config, options: Any, out: TextIO) -> int:
+    db = Database(config.storage.postgres, reactor=reactor, pool_size=1)
+    try:
+        await db.connect_once()
+        return await _KEY_COMMANDS[options.subCommand](KeyStore(db), options.subOptions, out)
+    finally:
+        db.close()
+
+
+async def _db(reactor: Any, config: Config, options: Any, out: TextIO) -> int:
+    created = await apply_schema(reactor, config.storage.postgres)
+    pg = config.storage.postgres
+    if created:
+        out.write(f"Created database {pg.database}.\n")
+    out.write(f"Schema applied to {pg.database} on {pg.host}:{pg.port}.\n")
+    return 0
+
+
+async def _pricing(reactor: Any, config: Config, options: Any, out: TextIO) -> int:
+    from majordomo.pricing_show import show_price
+
+    return show_price(config, options.subOptions["model"], options.subOptions["provider"], out)
+
+
+def _serve(config_path: str | None) -> None:
+    """Hand over to twistd in the foreground, with plain console log lines."""
+    from twisted.scripts import twistd
+
+    sys.argv = [
+        "twistd",
+        "--nodaemon",
+        "--pidfile=",
+        "--logger=majordomo.logs.console_observer",
+        "majordomo",
+    ] + (["--config", config_path] if config_path else [])
+    twistd.run()
+
+
+_COMMANDS: dict[str, Command] = {"keys": _keys, "db": _db, "pricing": _pricing}
+
+
+def parse(argv: Sequence[str]) -> Options:
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+def run(reactor: Any, argv: Sequence[str], out: TextIO, err: TextIO) -> defer.Deferred[int]:
+    """Run a (non-serve) command; fires with its exit code.  Errors are one line on C{err}."""
+
+    async def go() -> int:
+        try:
+            options = parse(argv)
+            config = load_config(options.config_path())
+            return await _COMMANDS[options.subCommand](reactor, config, options.subOptions, out)
+        except usage.UsageError as e:
+            err.write(f"majordomo: {e}\n(see majordomo --help)\n")
+            return 2
+        except ConfigError as e:
+            err.write(f"majordomo: configuration error: {e}\n")
+            return 1
+        except KeyNotFound as e:
+            err.write(f"majordomo: no API key with id {e}\n")
+            return 1
+        except psycopg2.Error as e:
+            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            err.write(f"majordomo: PostgreSQL error: {message}\n")
+            return 1
+
+    return defer.Deferred.fromCoroutine(go())
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        options = parse(args)
+    except usage.UsageError as e:
+        sys.stderr.write(f"majordomo: {e}\n(see majordomo --help)\n")
+        sys.exit(2)
+    if options.subCommand == "serve":
+        try:
+            load_config(options.config_path())
+        except ConfigError as e:
+            sys.stderr.write(f"majordomo: configuration error: {e}\n")
+            sys.exit(1)
+        _serve(options.config_path())
+        return
+
+    def react_main(reactor: Any) -> defer.Deferred[None]:
+        d = run(reactor, args, sys.stdout, sys.stderr)
+
+        def done(code: int) -> None:
+            if code:
+                raise SystemExit(code)
+
+        return d.addCallback(done)
+
+    task.react(react_main)

@@ -1,0 +1,242 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The gateway's configuration: a YAML file plus C{MAJORDOMO_<SECTION>_<KEY>}
+environment overrides, turned into frozen dataclasses.
+
+Every bad value stops startup with one L{ConfigError} line that names the key
+(C{server.port}) and the problem.  An unknown key in the file is an error too:
+a typo must never silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+CONFIG_FILE_NAME = "majordomo.yaml"
+SYSTEM_CONFIG_PATH = "/etc/majordomo/majordomo.yaml"
+ENV_PREFIX = "MAJORDOMO_"
+
+
+class ConfigError(Exception):
+    """A configuration value is missing, unknown or impossible."""
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _port(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "must be a port number between 0 and 65535"
+
+
+def _url(value: str) -> str | None:
+    if value == "" or re.match(r"^https?://[^/\s]+", value):
+        return None
+    return "must be an http:// or https:// URL"
+
+
+def _setting(default: Any, check: typing.Callable[[Any], str | None] | None = None) -> Any:
+    """A leaf setting with its default and an optional check returning a problem."""
+    return field(default=default, metadata={"check": check})
+
+
+def _section(cls: type) -> Any:
+    return field(default_factory=cls)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = _setting("127.0.0.1")
+    port: int = _setting(7680, _port)
+
+
+@dataclass(frozen=True)
+class PostgresConfig:
+    host: str = _setting("localhost")
+    port: int = _setting(5432, _port)
+    user: str = _setting("postgres")
+    password: str = field(default="", repr=False, metadata={"check": None})  # never logged
+    database: str = _setting("majordomo")
+    pool_size: int = _setting(4, _positive)
+    connect_timeout: float = _setting(5.0, _positive)
+
+    def dsn_parameters(self, database: str | None = None) -> dict[str, Any]:
+        """Keyword arguments for C{psycopg2.connect}; the password only if set."""
+        params: dict[str, Any] = {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "dbname": database or self.database,
+            "connect_timeout": max(1, int(self.connect_timeout)),
+            "application_name": "majordomo",
+        }
+        if self.password:
+            params["password"] = self.password
+        return params
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    postgres: PostgresConfig = _section(PostgresConfig)
+    batch_size: int = _setting(500, _positive)
+    flush_interval: float = _setting(0.2, _positive)
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    base_url: str = _setting("", _url)
+
+
+def _provider(base_url: str) -> Any:
+    return field(default_factory=lambda: ProviderConfig(base_url=base_url))
+
+
+@dataclass(frozen=True)
+class ProvidersConfig:
+    openai: ProviderConfig = _provider("https://api.openai.com")
+    anthropic: ProviderConfig = _provider("https://api.anthropic.com")
+    gemini: ProviderConfig = _provider("https://generativelanguage.googleapis.com")
+    azure: ProviderConfig = _provider("")
+
+    def base_url(self, provider: str) -> str:
+        """The configured upstream base URL of C{provider} ("" when not configured)."""
+        config: ProviderConfig = getattr(self, provider)
+        return config.base_url.rstrip("/")
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    connect_timeout: float = _setting(10.0, _positive)
+    response_timeout: float = _setting(600.0, _positive)
+    max_connections_per_host: int = _setting(256, _positive)
+
+
+@dataclass(frozen=True)
+class PricingConfig:
+    remote_url: str = _setting("https://www.llm-prices.com/current-v1.json", _url)
+    refresh_interval: float = _setting(3600.0, _positive)
+    overrides_file: str = _setting("")
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = _section(ServerConfig)
+    storage: StorageConfig = _section(StorageConfig)
+    providers: ProvidersConfig = _section(ProvidersConfig)
+    upstream: UpstreamConfig = _section(UpstreamConfig)
+    pricing: PricingConfig = _section(PricingConfig)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def _coerce(key: str, kind: type, value: Any, from_env: bool) -> Any:
+    """Turn C{value} into C{kind} or raise a L{ConfigError} naming C{key}."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if from_env and str(value).lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return str(value).lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_env and re.fullmatch(r"\s*-?\d+\s*", str(value)):
+            return int(value)
+        raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+    if kind is float:
+        # Floats are durations or sizes: a number of seconds, or "250ms", "5m", "1h".
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        match = _DURATION.match(str(value)) if isinstance(value, str) else None
+        if match:
+            return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        raise ConfigError(f"{key}: expected a number of seconds (or 250ms, 30s, 5m, 1h), got {value!r}")
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise TypeError(f"unsupported setting type {kind!r}")
+
+
+def _build(base: Any, values: Any, prefix: str, env: Mapping[str, str]) -> Any:
+    """Copy of the dataclass instance C{base} with a YAML mapping and env overrides applied."""
+    cls = type(base)
+    if values is None:
+        values = {}
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'configuration'}: expected a mapping of keys")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for name in values:
+        if name not in known:
+            raise ConfigError(f"{prefix}{name}: unknown key")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, spec in known.items():
+        key = prefix + name
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            kwargs[name] = _build(getattr(base, name), values.get(name), key + ".", env)
+            continue
+        env_name = ENV_PREFIX + key.replace(".", "_").upper()
+        if env_name in env:
+            value = _coerce(key, kind, env[env_name], from_env=True)
+        elif name in values:
+            value = _coerce(key, kind, values[name], from_env=False)
+        else:
+            continue
+        check = spec.metadata.get("check")
+        problem = check(value) if check else None
+        if problem:
+            raise ConfigError(f"{key}: {problem} (got {value!r})")
+        kwargs[name] = value
+    return dataclasses.replace(base, **kwargs)
+
+
+def find_config_file(explicit: str | None = None, cwd: str | None = None) -> str | None:
+    """
+    The configuration file to read: C{explicit} if given (it must exist), else
+    C{majordomo.yaml} in the current directory, else the system-wide file, else
+    None (defaults and environment only).
+    """
+    if explicit:
+        if not os.path.isfile(explicit):
+            raise ConfigError(f"--config: no such file: {explicit}")
+        return explicit
+    local = os.path.join(cwd or os.getcwd(), CONFIG_FILE_NAME)
+    for candidate in (local, SYSTEM_CONFIG_PATH):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def load_config(
+    path: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+) -> Config:
+    """Read the configuration the way the gateway and the CLI both do."""
+    source = find_config_file(path, cwd)
+    values: Any = {}
+    if source is not None:
+        try:
+            with open(source, encoding="utf-8") as f:
+                values = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{source}:{where} is not valid YAML") from e
+        except OSError as e:
+            raise ConfigError(f"{source}: cannot be read ({e.strerror})") from e
+    return typing.cast(Config, _build(Config(), values, "", os.environ if env is None else env))

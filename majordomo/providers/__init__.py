@@ -1,0 +1,148 @@
+# -*- test-case-name: tests.test_providers -*-
+"""
+What the gateway knows about each upstream provider: which paths belong to it,
+where its API key travels, which model a request names, and what its error
+bodies look like (so a client SDK can parse the gateway's own errors).
+
+The provider is chosen from the path, or from C{X-Majordomo-Provider}, which may
+only name a configured provider and never a URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, quote, urlencode
+
+OPENAI = "openai"
+ANTHROPIC = "anthropic"
+GEMINI = "gemini"
+AZURE = "azure"
+PROVIDERS = (OPENAI, ANTHROPIC, GEMINI, AZURE)
+
+_GEMINI_MODEL = re.compile(r"/models/([^/:?]+)(?::([A-Za-z]+))?")
+_AZURE_DEPLOYMENT = re.compile(r"^/openai/deployments/([^/?]+)")
+# Query parameters that carry a provider key; redacted wherever a path is stored.
+_SECRET_QUERY_PARAMS = frozenset({"key", "api_key", "api-key"})
+
+
+def detect_provider(path: str) -> str:
+    """The provider a request path belongs to; OpenAI is the default."""
+    if path.startswith("/v1/messages"):
+        return ANTHROPIC
+    if path.startswith(("/v1beta/", "/v1alpha/")) or _GEMINI_MODEL.search(path.split("?")[0]):
+        return GEMINI
+    if path.startswith("/openai/deployments/"):
+        return AZURE
+    return OPENAI
+
+
+def provider_secret(provider: str, headers: dict[str, str], query: str) -> str | None:
+    """
+    The provider API key the client sent, wherever that provider carries it
+    (header or C{key=} query parameter), or None.  Only ever hashed.
+    """
+    for name in ("authorization", "x-api-key", "api-key", "x-goog-api-key"):
+        value = headers.get(name)
+        if value:
+            return value.removeprefix("Bearer ").removeprefix("bearer ").strip()
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name.lower() in _SECRET_QUERY_PARAMS and value:
+            return value
+    return None
+
+
+def hash_secret(secret: str | None) -> str | None:
+    """SHA-256 hex of a provider key, so rows can group by key without holding it."""
+    if not secret:
+        return None
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def redact_path(path: str) -> str:
+    """C{path} with the values of secret query parameters replaced by C{REDACTED}."""
+    if "?" not in path:
+        return path
+    base, query = path.split("?", 1)
+    pairs = [
+        (name, "REDACTED" if name.lower() in _SECRET_QUERY_PARAMS else value)
+        for name, value in parse_qsl(query, keep_blank_values=True)
+    ]
+    return base + "?" + urlencode(pairs, quote_via=quote, safe=":/")
+
+
+@dataclass(frozen=True)
+class RequestFacts:
+    """What the gateway reads from a request body and path, once."""
+
+    model: str | None
+    stream: bool
+
+
+def request_facts(provider: str, path: str, body: object) -> RequestFacts:
+    """The model a request names and whether it asks for a stream."""
+    fields = body if isinstance(body, dict) else {}
+    model = fields.get("model") if isinstance(fields.get("model"), str) else None
+    stream = fields.get("stream") is True
+    if provider == GEMINI:
+        match = _GEMINI_MODEL.search(path.split("?")[0])
+        if match:
+            model = match.group(1)
+            stream = match.group(2) == "streamGenerateContent"
+    elif provider == AZURE and model is None:
+        match = _AZURE_DEPLOYMENT.match(path)
+        model = match.group(1) if match else None
+    return RequestFacts(model=model, stream=stream)
+
+
+_GEMINI_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    413: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+_ANTHROPIC_TYPE = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+_OPENAI_TYPE = {401: "invalid_request_error", 400: "invalid_request_error"}
+
+
+def error_body(provider: str, status: int, message: str, code: str | None = None) -> bytes:
+    """A JSON error in the shape the caller's provider SDK expects."""
+    body: dict[str, object]
+    if provider == ANTHROPIC:
+        body = {
+            "type": "error",
+            "error": {"type": _ANTHROPIC_TYPE.get(status, "api_error"), "message": message},
+        }
+    elif provider == GEMINI:
+        body = {
+            "error": {
+                "code": status,
+                "message": message,
+                "status": _GEMINI_STATUS.get(status, "INTERNAL"),
+            }
+        }
+    else:
+        body = {
+            "error": {
+                "message": message,
+                "type": _OPENAI_TYPE.get(status, "api_error"),
+                "param": None,
+                "code": code,
+            }
+        }
+    return json.dumps(body).encode("utf-8")

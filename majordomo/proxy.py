@@ -1,0 +1,351 @@
+# -*- test-case-name: tests.test_proxy -*-
+"""
+The reverse proxy: authenticate, pick the provider, forward with treq, stream
+the answer back chunk by chunk while the usage parser reads along, then hand
+one record per request to the log writer.
+
+The response never waits on the database: the record is queued when the last
+byte has been sent.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from treq.client import HTTPClient
+from twisted.internet import defer
+from twisted.internet.error import ConnectError, ConnectionRefusedError, DNSLookupError
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.client import ResponseDone, ResponseFailed
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from majordomo import providers
+from majordomo.ids import uuid7
+from majordomo.keys import hash_key
+from majordomo.record import CLIENT_CLOSED_REQUEST, RequestRecord
+from majordomo.usage import make_usage_parser
+from majordomo.usage.openai import UsageChunkFilter, inject_include_usage
+
+log = Logger()
+
+MAJORDOMO_HEADER_PREFIX = b"x-majordomo-"
+# Hop-by-hop headers (RFC 9110 7.6.1) and those the HTTP client sets itself.
+_NOT_FORWARDED = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"content-length",
+        # Ask the provider for an uncompressed body so usage can be read from it.
+        b"accept-encoding",
+    }
+)
+_OPENAI_USAGE_PATHS = ("/v1/chat/completions", "/v1/completions")
+
+
+@dataclass
+class Gateway:
+    """What the proxy needs from the running service; injectable for tests."""
+
+    authenticate: Any  # key hash -> Deferred[key id | None]
+    base_url: Any  # provider -> configured base URL ("" = not configured)
+    http_client: HTTPClient
+    prices: Any  # object with .book (a PriceBook), swapped on refresh
+    writer: Any  # object with .add(record)
+    clock: Any
+    response_timeout: float
+
+
+def _forwardable(headers: Headers) -> Headers:
+    """Request headers for the upstream: no hop-by-hop, no X-Majordomo-*."""
+    connection_tokens = {
+        token.strip().lower()
+        for value in headers.getRawHeaders(b"connection", [])
+        for token in value.split(b",")
+    }
+    out = Headers()
+    for name, values in headers.getAllRawHeaders():
+        lower = name.lower()
+        if (
+            lower in _NOT_FORWARDED
+            or lower in connection_tokens
+            or lower.startswith(MAJORDOMO_HEADER_PREFIX)
+        ):
+            continue
+        out.setRawHeaders(name, values)
+    return out
+
+
+def _header_map(headers: Headers) -> dict[str, str]:
+    return {
+        name.decode("latin-1").lower(): values[-1].decode("latin-1")
+        for name, values in headers.getAllRawHeaders()
+    }
+
+
+class ProxyResource(Resource):
+    """Forwards every request below it to the chosen provider."""
+
+    isLeaf = True
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__()
+        self._gateway = gateway
+
+    def render(self, request: Request) -> Any:
+        d = defer.Deferred.fromCoroutine(self._proxy(request))
+        d.addErrback(self._internal_error, request)
+        return NOT_DONE_YET
+
+    def _internal_error(self, failure: Failure, request: Request) -> None:
+        log.failure("Proxying {uri} failed", failure, uri=request.path)
+        if not request.finished and request.channel is not None:
+            if not request.startedWriting:
+                request.setResponseCode(500)
+            request.finish()
+
+    async def _proxy(self, request: Request) -> None:
+        gateway = self._gateway
+        arrived = gateway.clock.seconds()
+        uri = request.uri.decode("latin-1")
+        query = uri.split("?", 1)[1] if "?" in uri else ""
+        headers = _header_map(request.requestHeaders)
+
+        chosen = headers.get("x-majordomo-provider", "").strip().lower()
+        provider = chosen or providers.detect_provider(uri)
+        error_provider = provider if provider in providers.PROVIDERS else providers.OPENAI
+        if provider not in providers.PROVIDERS or not gateway.base_url(provider):
+            self._reject(request, error_provider, 400, f"Provider {provider!r} is not configured")
+            return
+
+        key = headers.get("x-majordomo-key")
+        if not key:
+            self._reject(request, provider, 401, "Missing X-Majordomo-Key header")
+            return
+        key_id = await gateway.authenticate(hash_key(key))
+        if key_id is None:
+            self._reject(request, provider, 401, "Invalid or revoked X-Majordomo-Key")
+            return
+
+        body = request.content.read() if request.content is not None else b""
+        facts = providers.request_facts(provider, uri, _json_or_none(body))
+        record = RequestRecord.start(
+            request_id=uuid7(arrived),
+            arrived=arrived,
+            key_id=key_id,
+            provider=provider,
+            method=request.method.decode("ascii"),
+            path=providers.redact_path(uri),
+            model_requested=facts.model,
+            provider_key_hash=providers.hash_secret(providers.provider_secret(provider, headers, query)),
+        )
+
+        strip_usage_chunk = False
+        if provider in (providers.OPENAI, providers.AZURE) and uri.split("?")[0].endswith(
+            _OPENAI_USAGE_PATHS
+        ):
+            body, strip_usage_chunk = inject_include_usage(body)
+
+        request.setHeader(b"x-majordomo-request-id", str(record.id).encode("ascii"))
+        client = _ClientWatch(request)
+        upstream = client.track(
+            gateway.http_client.request(
+                request.method.decode("ascii"),
+                gateway.base_url(provider) + uri,
+                headers=_forwardable(request.requestHeaders),
+                data=body or None,
+                unbuffered=True,
+                timeout=gateway.response_timeout,
+            )
+        )
+        try:
+            response = await upstream
+        except Exception:
+            self._upstream_failed(request, record, client, Failure())
+            return
+
+        record.ttfb(gateway.clock.seconds())
+        self._start_response(request, response, drop_length=strip_usage_chunk)
+        content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
+        parser = make_usage_parser(
+            provider,
+            uri,
+            status_code=response.code,
+            content_type=content_type.decode("latin-1"),
+            request_model=facts.model,
+        )
+        relay = _BodyRelay(request, client, parser, UsageChunkFilter() if strip_usage_chunk else None)
+        response.deliverBody(relay)
+        complete = await relay.done
+        if not client.gone:
+            request.finish()
+        usage = parser.finish(complete=complete)
+        cost = gateway.prices.book.cost(provider, usage)
+        gateway.writer.add(
+            record.finish(
+                now=gateway.clock.seconds(),
+                status_code=response.code,
+                usage=usage,
+                cost=cost,
+                stream=facts.stream or content_type.startswith(b"text/event-stream"),
+                error_message=relay.error_message,
+            )
+        )
+
+    def _start_response(self, request: Request, response: IResponse, drop_length: bool) -> None:
+        request.setResponseCode(response.code, response.phrase)
+        request.defaultContentType = None
+        for name, values in response.headers.getAllRawHeaders():
+            lower = name.lower()
+            if lower in _NOT_FORWARDED and lower not in (b"content-length",):
+                continue
+            if lower == b"content-length" and drop_length:
+                continue
+            request.responseHeaders.setRawHeaders(name, values)
+
+    def _reject(self, request: Request, provider: str, status: int, message: str) -> None:
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        request.write(providers.error_body(provider, status, message))
+        request.finish()
+
+    def _upstream_failed(
+        self, request: Request, record: RequestRecord, client: _ClientWatch, failure: Failure
+    ) -> None:
+        maybe_billed = True
+        if client.gone:
+            status, message = CLIENT_CLOSED_REQUEST, "Client disconnected before the upstream answered"
+        elif failure.check(defer.CancelledError, defer.TimeoutError):
+            status, message = 504, "The upstream provider did not answer in time"
+        elif failure.check(ConnectError, ConnectionRefusedError, DNSLookupError):
+            status, message = 502, "The upstream provider could not be reached"
+            maybe_billed = False
+        elif failure.check(ResponseFailed):
+            status, message = 502, "The upstream provider closed the connection without answering"
+        else:
+            status, message = 502, f"Upstream request failed: {failure.getErrorMessage()}"
+        log.warn(
+            "Upstream {provider} failed for request {id}: {reason}",
+            provider=record.provider,
+            id=record.id,
+            reason=failure.getErrorMessage(),
+        )
+        self._gateway.writer.add(
+            record.failed(
+                now=self._gateway.clock.seconds(),
+                status_code=status,
+                message=message,
+                maybe_billed=maybe_billed,
+            )
+        )
+        if not client.gone:
+            self._reject(request, record.provider, status, message)
+
+
+def _json_or_none(body: bytes) -> Any:
+    if not body or body[:1] not in (b"{", b"[", b" ", b"\n", b"\r", b"\t"):
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None  # malformed bodies are still forwarded; the provider answers
+
+
+class _ClientWatch:
+    """
+    Follows the client's connection for one exchange: when the client goes
+    away, whatever is in progress upstream (the request, or the body being
+    relayed) is stopped at once.
+    """
+
+    def __init__(self, request: Request) -> None:
+        self.gone = False
+        self._pending: defer.Deferred[Any] | None = None
+        self._producer: Any = None
+        request.notifyFinish().addErrback(self._lost)
+
+    def track(self, pending: defer.Deferred[Any]) -> defer.Deferred[Any]:
+        """Cancel C{pending} if the client leaves before it fires."""
+        self._pending = pending
+        return pending
+
+    def relaying(self, producer: Any) -> None:
+        """Stop C{producer} (the upstream body) if the client leaves."""
+        self._pending = None
+        self._producer = producer
+
+    def _lost(self, failure: Failure) -> None:
+        self.gone = True
+        if self._pending is not None and not self._pending.called:
+            self._pending.cancel()
+        if self._producer is not None:
+            self._producer.stopProducing()
+
+
+class _BodyRelay(Protocol):
+    """
+    Writes each upstream body chunk to the client as it arrives and feeds it to
+    the usage parser.  The upstream transport is registered as the client
+    request's producer, so a slow client pauses the upstream.
+    """
+
+    def __init__(
+        self,
+        request: Request,
+        client: _ClientWatch,
+        parser: Any,
+        usage_filter: UsageChunkFilter | None,
+    ) -> None:
+        self._request = request
+        self._client = client
+        self._parser = parser
+        self._filter = usage_filter
+        self.done: defer.Deferred[bool] = defer.Deferred()
+        self.error_message: str | None = None
+
+    def connectionMade(self) -> None:
+        if self._client.gone:
+            self.error_message = "Client disconnected before the response was complete"
+            self.transport.stopProducing()
+            return
+        self._request.registerProducer(self.transport, True)
+        self._client.relaying(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._parser.feed(data)
+        if self._client.gone:
+            return
+        if self._filter is not None:
+            data = self._filter.filter(data)
+        if data:
+            self._request.write(data)
+
+    def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
+        if self._client.gone:
+            self.error_message = "Client disconnected before the response was complete"
+        else:
+            if self._filter is not None:
+                rest = self._filter.flush()
+                if rest:
+                    self._request.write(rest)
+            self._request.unregisterProducer()
+        complete = reason.check(ResponseDone, http.PotentialDataLoss) is not None
+        if not complete and self.error_message is None:
+            self.error_message = f"Upstream body incomplete: {reason.getErrorMessage()}"
+        self.done.callback(complete and not self._client.gone)

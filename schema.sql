@@ -1,0 +1,1 @@
+majordomo/schema.sql

@@ -1,0 +1,1 @@
+"""Majordomo Gateway's trial test suite."""
