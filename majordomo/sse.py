@@ -1,0 +1,289 @@
+# -*- test-case-name: tests.test_sse -*-
+"""
+Incremental framing for streamed response bodies: server-sent events, and the
+single JSON array that Gemini streams when it is not asked for SSE.
+
+Both splitters are fed the body chunk by chunk as it passes through the gateway
+and hand back only complete units.  Each holds at most one unfinished unit, and
+gives up (C{broken}) rather than buffer a unit larger than its cap, so a
+misbehaving upstream cannot make the gateway's memory grow without bound.  An
+unfinished unit left at the end of the body is dropped: there is no flush.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+# Far above any real event or array element, far below a memory problem.
+MAX_EVENT_SIZE = 8 * 1024 * 1024
+
+_EOL = re.compile(rb"[\r\n]")
+_CR = 0x0D
+_LF = 0x0A
+
+
+@dataclass(frozen=True)
+class SSEEvent:
+    """
+    One complete server-sent event.
+
+    C{start} and C{end} locate it in the byte stream: the offset of its first
+    field line, and the offset just past the blank line that ended it.  They
+    let a caller cut the event out of the stream byte for byte.
+    """
+
+    event: str | None
+    data: str
+    start: int = 0
+    end: int = 0
+
+
+class SSEParser:
+    """
+    Splits a text/event-stream body into events, as the WHATWG EventSource
+    algorithm does: LF, CRLF and CR line endings; C{:} comments; several
+    C{data:} lines joined with LF; an event without data is not dispatched.
+    C{id} and C{retry} are ignored: the gateway reads streams, it does not
+    reconnect.
+    """
+
+    def __init__(self, max_event_size: int = MAX_EVENT_SIZE) -> None:
+        self._max = max_event_size
+        self._buf = bytearray()  # the unfinished line
+        self._offset = 0  # stream offset of _buf[0]
+        # The last chunk ended in CR: if the next byte is LF, it completes a CRLF.
+        self._skip_lf = False
+        self._first_line = True
+        self._event: str | None = None
+        self._data: list[str] = []
+        self._size = 0  # bytes of the current event's lines
+        self._start: int | None = None  # stream offset of the current event
+        self.broken = False
+
+    @property
+    def pending_start(self) -> int:
+        """
+        Stream offset of the first byte that is not yet known to lie outside
+        an unfinished event: everything before it is complete.
+        """
+        return self._offset if self._start is None else self._start
+
+    def feed(self, data: bytes) -> list[SSEEvent]:
+        """Add the next chunk of the body; return the events it completed."""
+        if self.broken or not data:
+            return []
+        buf = self._buf
+        search_from = len(buf)
+        buf += data
+        pos = 0  # start of the current line in buf
+        if self._skip_lf:
+            self._skip_lf = False
+            if buf[0] == _LF:  # buf was empty: the CR ended the previous chunk
+                pos = search_from = 1
+        events = []
+        while (match := _EOL.search(buf, search_from)) is not None:
+            end = match.start()
+            after = end + 1
+            if buf[end] == _CR:
+                if after == len(buf):
+                    self._skip_lf = True
+                elif buf[after] == _LF:
+                    after += 1
+            event = self._line(bytes(buf[pos:end]), self._offset + pos, self._offset + after)
+            if self.broken:
+                return events
+            if event is not None:
+                events.append(event)
+            pos = search_from = after
+        del buf[:pos]
+        self._offset += pos
+        if self._size + len(buf) > self._max:
+            self._break()
+        return events
+
+    def _line(self, raw: bytes, start: int, end: int) -> SSEEvent | None:
+        """Interpret one complete line found at C{start}; C{end} is just past its EOL."""
+        text = raw.decode("utf-8", "replace")
+        if self._first_line:
+            self._first_line = False
+            text = text.removeprefix("\ufeff")
+        if not text:
+            return self._dispatch(end)
+        if text.startswith(":") and self._start is None:
+            return None  # a comment between events, e.g. a keep-alive
+        if self._start is None:
+            self._start = start
+        self._size += len(raw)
+        if self._size > self._max:
+            self._break()
+            return None
+        name, _, value = text.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value or None
+        return None
+
+    def _dispatch(self, end: int) -> SSEEvent | None:
+        """A blank line ends the current event."""
+        name, data, start = self._event, self._data, self._start
+        self._event, self._data, self._start, self._size = None, [], None, 0
+        if not data or start is None:
+            return None
+        return SSEEvent(name, "\n".join(data), start, end)
+
+    def _break(self) -> None:
+        self.broken = True
+        self._buf = bytearray()
+        self._data = []
+
+
+_WS = re.compile(r"[ \t\r\n]*")
+_STRING_STOP = re.compile(r'["\\]')
+_CONTAINER_STOP = re.compile(r'["{}\[\]]')
+_SCALAR_STOP = re.compile(r"[ \t\r\n,\]]")
+_DECODER = json.JSONDecoder()
+
+
+def _skip_whitespace(text: str, i: int) -> int:
+    match = _WS.match(text, i)
+    return i if match is None else match.end()
+
+
+class JSONArrayParser:
+    """
+    Decodes the elements of one JSON array as the array streams in, e.g.
+    C{[{...}\\n,\\r\\n{...}\\n]}, whatever the whitespace between them.
+
+    A light scanner tracks strings and nesting over each new chunk only, and
+    an element is decoded once, when its closing bracket arrives, so the cost
+    stays linear however finely the body is chunked.  A body that is not a
+    JSON array makes the parser C{broken}.
+    """
+
+    def __init__(self, max_element_size: int = MAX_EVENT_SIZE) -> None:
+        self._max = max_element_size
+        self._decode = codecs.getincrementaldecoder("utf-8")("replace").decode
+        # Outside an element, what may come next: "[" (the opening bracket),
+        # "first" (an element or "]"), "value" (an element, after a comma),
+        # "," (a comma or "]").
+        self._expect = "["
+        self._in_element = False
+        self._parts: list[str] = []  # text of the unfinished element
+        self._size = 0
+        self._scalar = False
+        self._depth = 0
+        self._in_string = False
+        self._escape = False
+        self.closed = False  # the closing "]" arrived
+        self.broken = False
+
+    def feed(self, data: bytes) -> list[Any]:
+        """Add the next chunk of the body; return the elements it completed."""
+        if self.broken or self.closed:
+            return []
+        text = self._decode(data)
+        items: list[Any] = []
+        i, n = 0, len(text)
+        while i < n and not (self.broken or self.closed):
+            if self._in_element:
+                end = self._scan(text, i)
+                self._keep(text[i:] if end is None else text[i:end])
+                if end is None:
+                    break
+                self._complete(items)
+                i = end
+                continue
+            i = _skip_whitespace(text, i)
+            if i < n:
+                i = self._between(text[i], i)
+        return items
+
+    def _between(self, char: str, i: int) -> int:
+        """Handle one character outside an element; return where to go on."""
+        expect = self._expect
+        if expect == "[":
+            self._expect = "first"
+            self.broken = char != "["
+        elif char == "]" and expect in ("first", ","):
+            self.closed = True  # whatever follows the array is ignored
+        elif char == "," and expect == ",":
+            self._expect = "value"
+        elif expect in ("first", "value"):
+            self._begin(char)
+            return i  # the scanner reads the element from its first character
+        else:
+            self.broken = True
+        return i + 1
+
+    def _begin(self, first: str) -> None:
+        self._in_element = True
+        self._parts, self._size = [], 0
+        self._scalar = first not in '{["'
+        self._depth, self._in_string, self._escape = 0, False, False
+
+    def _scan(self, text: str, i: int) -> int | None:
+        """Follow the element through C{text} from C{i}; return where it ends, if it does."""
+        if self._scalar:
+            match = _SCALAR_STOP.search(text, i)
+            return None if match is None else match.start()
+        n = len(text)
+        while i < n:
+            if self._escape:
+                self._escape = False
+                i += 1
+            elif self._in_string:
+                match = _STRING_STOP.search(text, i)
+                if match is None:
+                    return None
+                i = match.end()
+                if match.group() == "\\":
+                    self._escape = True
+                else:
+                    self._in_string = False
+                    if self._depth == 0:
+                        return i
+            else:
+                match = _CONTAINER_STOP.search(text, i)
+                if match is None:
+                    return None
+                i = match.end()
+                char = match.group()
+                if char == '"':
+                    self._in_string = True
+                elif char in "{[":
+                    self._depth += 1
+                else:
+                    self._depth -= 1
+                    if self._depth <= 0:
+                        return i
+        return None
+
+    def _keep(self, part: str) -> None:
+        self._parts.append(part)
+        self._size += len(part)
+        if self._size > self._max:
+            self._break()
+
+    def _complete(self, items: list[Any]) -> None:
+        text = "".join(self._parts)
+        self._in_element, self._parts = False, []
+        self._expect = ","
+        try:
+            value, end = _DECODER.raw_decode(text)
+        except (ValueError, RecursionError):
+            self._break()
+            return
+        if end != len(text):
+            self._break()
+            return
+        items.append(value)
+
+    def _break(self) -> None:
+        self.broken = True
+        self._parts = []

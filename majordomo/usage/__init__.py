@@ -1,0 +1,325 @@
+# -*- test-case-name: tests.test_usage_parsers -*-
+"""
+The provider-neutral usage record (USAGE-SPEC.md section 1), the interface
+every provider's incremental usage parser implements, the plumbing those
+parsers share, and L{make_usage_parser}, which picks the parser for a response.
+
+A token count of C{None} means "unknown" and is stored as NULL, never as 0.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import parse_qs
+
+from majordomo.sse import JSONArrayParser, SSEEvent, SSEParser
+
+# usage_status values (USAGE-SPEC.md section 1, plus "unparseable" for a body
+# the parser could not read at all).
+COMPLETE = "complete"
+MISSING_NOT_REQUESTED = "missing_not_requested"
+MISSING_STREAM_TRUNCATED = "missing_stream_truncated"
+PARTIAL_STREAM_TRUNCATED = "partial_stream_truncated"
+ERROR_NOT_BILLED = "error_not_billed"
+UNPARSEABLE = "unparseable"
+NOT_APPLICABLE = "not_applicable"
+
+
+@dataclass
+class Usage:
+    """
+    What one request consumed, normalised across providers.
+
+    C{input_tokens} counts every billed input token (uncached + cache reads +
+    cache writes); C{output_tokens} every billed output token (text, reasoning,
+    audio).  The other counts are slices of those two.
+    """
+
+    usage_status: str
+    model: str | None = None
+    service_tier: str | None = None
+    input_tokens: int | None = None
+    cached_tokens: int | None = None
+    cache_creation_tokens: int | None = None
+    cache_creation_5m_tokens: int | None = None
+    cache_creation_1h_tokens: int | None = None
+    input_audio_tokens: int | None = None
+    tool_use_prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    output_audio_tokens: int | None = None
+    web_search_requests: int | None = None
+    raw: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def uncached_input_tokens(self) -> int | None:
+        """Input tokens billed at the plain input price, or None if unknown."""
+        if self.input_tokens is None:
+            return None
+        return self.input_tokens - (self.cached_tokens or 0) - (self.cache_creation_tokens or 0)
+
+
+class UsageParser(Protocol):
+    """
+    Reads a response body incrementally, as it streams to the client.
+
+    C{feed} is called with each chunk of the body as it arrives (never
+    buffering more than the provider format requires); C{finish} is called once
+    when the body ended, with C{complete=False} when the stream was cut
+    (client disconnect, upstream reset, timeout).
+    """
+
+    def feed(self, data: bytes) -> None: ...
+
+    def finish(self, complete: bool = True) -> Usage: ...
+
+
+# A non-streamed body bigger than this is not buffered for its usage.
+MAX_BODY_SIZE = 32 * 1024 * 1024
+
+OPENAI = "openai"
+AZURE = "azure"
+ANTHROPIC = "anthropic"
+GEMINI = "gemini"
+
+
+def tokens(mapping: Any, *path: str) -> int:
+    """
+    The token count at C{path} inside a provider's usage JSON.  Absent, null
+    or malformed counts are 0: providers omit the detail fields they have
+    nothing to report in.
+    """
+    value = mapping
+    for key in path:
+        if not isinstance(value, dict):
+            return 0
+        value = value.get(key)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return 0
+
+
+def has_count(mapping: Any, key: str) -> bool:
+    """Whether C{mapping} is a dict that reports C{key} as a token count."""
+    return (
+        isinstance(mapping, dict)
+        and isinstance(mapping.get(key), int)
+        and not isinstance(mapping.get(key), bool)
+    )
+
+
+def text_or_none(value: Any) -> str | None:
+    """C{value} if it is a non-empty string (a model name, a service tier)."""
+    return value if isinstance(value, str) and value else None
+
+
+class FixedUsageParser:
+    """A parser whose answer is known before the body arrives; it reads nothing."""
+
+    def __init__(self, usage: Usage) -> None:
+        self._usage = usage
+
+    def feed(self, data: bytes) -> None:
+        pass
+
+    def finish(self, complete: bool = True) -> Usage:
+        return self._usage
+
+
+def error_usage(model: str | None) -> Usage:
+    """An upstream error answer: nothing was billed, so every count is 0."""
+    return Usage(
+        ERROR_NOT_BILLED,
+        model=model,
+        input_tokens=0,
+        cached_tokens=0,
+        cache_creation_tokens=0,
+        cache_creation_5m_tokens=0,
+        cache_creation_1h_tokens=0,
+        input_audio_tokens=0,
+        tool_use_prompt_tokens=0,
+        output_tokens=0,
+        reasoning_tokens=0,
+        output_audio_tokens=0,
+        web_search_requests=0,
+    )
+
+
+class JSONBodyParser:
+    """
+    Reads usage from a non-streamed JSON body.  The body has to be whole to be
+    decoded, so it is buffered, up to C{max_size}; a bigger one is let through
+    unread (C{unparseable}) rather than held in memory.
+
+    C{read} turns the decoded body into a L{Usage}; C{fallback_model} is the
+    model to record when the body names none.
+    """
+
+    def __init__(
+        self,
+        read: Callable[[Any, str | None], Usage],
+        fallback_model: str | None,
+        max_size: int = MAX_BODY_SIZE,
+    ) -> None:
+        self._read = read
+        self._fallback = fallback_model
+        self._max = max_size
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._overflow = False
+
+    def feed(self, data: bytes) -> None:
+        if self._overflow:
+            return
+        self._size += len(data)
+        if self._size > self._max:
+            self._overflow = True
+            self._chunks = []
+        else:
+            self._chunks.append(data)
+
+    def finish(self, complete: bool = True) -> Usage:
+        if self._overflow:
+            return Usage(UNPARSEABLE, model=self._fallback)
+        try:
+            body = json.loads(b"".join(self._chunks))
+        except (ValueError, RecursionError):
+            # A body cut short reads as broken JSON; say why it is unknown.
+            status = UNPARSEABLE if complete else MISSING_STREAM_TRUNCATED
+            return Usage(status, model=self._fallback)
+        return self._read(body, self._fallback)
+
+
+class StreamedJSONParser:
+    """
+    Base of the streaming parsers: splits the body into JSON objects, from
+    server-sent events or from Gemini's streamed JSON array, and hands each
+    object to L{on_object} as soon as it is complete.
+
+    Subclasses keep what they learn from each object and build the L{Usage}
+    in L{result}.
+    """
+
+    def __init__(self, fallback_model: str | None, *, json_array: bool = False) -> None:
+        self.model: str | None = None
+        self.fallback_model = fallback_model
+        self._array = JSONArrayParser() if json_array else None
+        self._sse = None if json_array else SSEParser()
+        self._saw_bytes = False
+        self._understood = 0
+
+    def on_object(self, event: str | None, obj: dict[str, Any]) -> None:
+        """Take in one decoded object; C{event} is its SSE event name, if any."""
+        raise NotImplementedError
+
+    def result(self, complete: bool) -> Usage:
+        """The usage of the whole body; C{complete} is False if it was cut short."""
+        raise NotImplementedError
+
+    def feed(self, data: bytes) -> None:
+        if not data:
+            return
+        self._saw_bytes = True
+        if self._array is not None:
+            for item in self._array.feed(data):
+                self._accept(None, item)
+        elif self._sse is not None:
+            for event in self._sse.feed(data):
+                self._accept_event(event)
+
+    def finish(self, complete: bool = True) -> Usage:
+        return self.result(complete and not self.broken)
+
+    @property
+    def broken(self) -> bool:
+        """The framing gave up (an oversized event), so the rest went unread."""
+        framing = self._array if self._array is not None else self._sse
+        return framing is not None and framing.broken
+
+    def unreadable(self, complete: bool) -> bool:
+        """
+        Whether the body was not the expected stream at all (garbage, an HTML
+        page): bytes came, yet not one object could be decoded from them.
+        """
+        return self._saw_bytes and self._understood == 0 and (complete or self.broken)
+
+    def note_model(self, value: Any) -> None:
+        """Remember the first model the response reports."""
+        if self.model is None:
+            self.model = text_or_none(value)
+
+    def unknown(self, status: str) -> Usage:
+        """A usage whose counts are unknown."""
+        return Usage(status, model=self.model or self.fallback_model)
+
+    def _accept_event(self, event: SSEEvent) -> None:
+        if event.data == "[DONE]":  # OpenAI's end marker: expected, not garbage
+            self._understood += 1
+            return
+        try:
+            item = json.loads(event.data)
+        except (ValueError, RecursionError):
+            return
+        self._accept(event.event, item)
+
+    def _accept(self, event: str | None, item: Any) -> None:
+        if isinstance(item, dict):
+            self._understood += 1
+            self.on_object(event, item)
+
+
+def make_usage_parser(
+    provider: str,
+    path: str,
+    *,
+    status_code: int,
+    content_type: str,
+    request_model: str | None,
+    usage_requested: bool = True,
+) -> UsageParser:
+    """
+    The parser for one upstream response.
+
+    C{provider} is C{"openai"}, C{"azure"}, C{"anthropic"} or C{"gemini"};
+    C{path} is the request path with its query string.  C{usage_requested} is
+    False for an OpenAI stream whose request did not ask for usage (and the
+    gateway did not inject the request for it).  Endpoints that bill nothing
+    (model lists, token counting) get a parser that reads nothing.
+    """
+    from majordomo.usage import anthropic, gemini, openai
+
+    route, _, query = path.partition("?")
+    model = request_model
+    if provider == GEMINI:
+        model = model or gemini.model_from_path(route)
+    known = {
+        OPENAI: openai.has_usage,
+        AZURE: openai.has_usage,
+        ANTHROPIC: anthropic.has_usage,
+        GEMINI: gemini.has_usage,
+    }.get(provider)
+    if known is None:
+        raise ValueError(f"unknown provider {provider!r}")
+    if not known(route):
+        return FixedUsageParser(Usage(NOT_APPLICABLE, model=model))
+    if not 200 <= status_code < 300:
+        return FixedUsageParser(error_usage(model))
+
+    sse = content_type.split(";")[0].strip().lower() == "text/event-stream"
+    if provider == ANTHROPIC:
+        if sse:
+            return anthropic.AnthropicStreamParser(model)
+        return JSONBodyParser(anthropic.usage_from_body, model)
+    if provider == GEMINI:
+        json_array = (
+            not sse and gemini.streams(route) and "sse" not in parse_qs(query).get("alt", [])
+        )
+        if sse or json_array:
+            return gemini.GeminiStreamParser(model, json_array=json_array)
+        return JSONBodyParser(gemini.usage_from_body, model)
+    if sse:
+        return openai.OpenAIStreamParser(model, usage_requested=usage_requested)
+    return JSONBodyParser(openai.usage_from_body, model)

@@ -1,0 +1,228 @@
+# -*- test-case-name: tests.test_usage_parsers -*-
+"""
+Usage of OpenAI and Azure OpenAI responses (USAGE-SPEC.md section 2): Chat
+Completions, legacy Completions and Embeddings (C{prompt_tokens} /
+C{completion_tokens}), and the Responses API (C{input_tokens} /
+C{output_tokens}), streamed or not.
+
+Chat streams carry usage only when the request asks for it, so this module
+also adds that request (L{inject_include_usage}) and hides the extra chunk
+from a client that did not ask (L{UsageChunkFilter}).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+
+from majordomo.sse import SSEParser
+from majordomo.usage import (
+    COMPLETE,
+    MISSING_NOT_REQUESTED,
+    MISSING_STREAM_TRUNCATED,
+    UNPARSEABLE,
+    StreamedJSONParser,
+    Usage,
+    has_count,
+    text_or_none,
+    tokens,
+)
+
+_USAGE_ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses")
+
+# Responses API stream events that carry the final Response object.
+_TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+def has_usage(route: str) -> bool:
+    """Whether a request to C{route} (a path without query) is billed by tokens."""
+    return route.rstrip("/").endswith(_USAGE_ENDPOINTS)
+
+
+def usage_from_usage(usage: Any) -> Usage | None:
+    """
+    Normalise an OpenAI C{usage} object, in either naming scheme; None if it
+    reports no token counts.  Reasoning, audio and prediction tokens are
+    already inside the completion count: they are slices, never added.
+    """
+    if has_count(usage, "prompt_tokens"):  # Chat, Completions, Embeddings
+        input_key, output_key = "prompt_tokens", "completion_tokens"
+        input_details, output_details = "prompt_tokens_details", "completion_tokens_details"
+    elif has_count(usage, "input_tokens"):  # Responses
+        input_key, output_key = "input_tokens", "output_tokens"
+        input_details, output_details = "input_tokens_details", "output_tokens_details"
+    else:
+        return None
+    return Usage(
+        COMPLETE,
+        input_tokens=tokens(usage, input_key),
+        cached_tokens=tokens(usage, input_details, "cached_tokens"),
+        cache_creation_tokens=tokens(usage, input_details, "cache_write_tokens"),
+        cache_creation_5m_tokens=0,
+        cache_creation_1h_tokens=0,
+        input_audio_tokens=tokens(usage, input_details, "audio_tokens"),
+        tool_use_prompt_tokens=0,
+        output_tokens=tokens(usage, output_key),  # absent for embeddings: 0
+        reasoning_tokens=tokens(usage, output_details, "reasoning_tokens"),
+        output_audio_tokens=tokens(usage, output_details, "audio_tokens"),
+        web_search_requests=0,
+        raw=usage,
+    )
+
+
+def usage_from_body(body: Any, fallback_model: str | None) -> Usage:
+    """The usage of a non-streamed response body."""
+    if not isinstance(body, dict):
+        return Usage(UNPARSEABLE, model=fallback_model)
+    model = text_or_none(body.get("model")) or fallback_model
+    usage = usage_from_usage(body.get("usage"))
+    if usage is None:
+        return Usage(UNPARSEABLE, model=model)
+    return replace(usage, model=model, service_tier=text_or_none(body.get("service_tier")))
+
+
+class OpenAIStreamParser(StreamedJSONParser):
+    """
+    Usage of a streamed response.  Chat and Completions chunks carry it in the
+    chunk whose C{usage} is not null (the last such wins; Azure's first chunk
+    also has no choices but is not it); Responses streams carry it in the
+    terminal event's Response object.
+    """
+
+    def __init__(self, fallback_model: str | None, *, usage_requested: bool = True) -> None:
+        super().__init__(fallback_model)
+        self._usage_requested = usage_requested
+        self._usage: Usage | None = None
+        self._service_tier: str | None = None
+
+    def on_object(self, event: str | None, obj: dict[str, Any]) -> None:
+        kind = obj.get("type")
+        if isinstance(kind, str) and kind.startswith("response."):
+            self._on_responses_event(kind, obj.get("response"))
+            return
+        self.note_model(obj.get("model"))
+        self._service_tier = text_or_none(obj.get("service_tier")) or self._service_tier
+        usage = usage_from_usage(obj.get("usage"))
+        if usage is not None:
+            self._usage = usage
+
+    def _on_responses_event(self, kind: str, response: Any) -> None:
+        if not isinstance(response, dict):
+            return
+        self.note_model(response.get("model"))
+        if kind in _TERMINAL_EVENTS:
+            # Earlier events echo the requested tier ("auto"), not the served one.
+            self._service_tier = text_or_none(response.get("service_tier"))
+            usage = usage_from_usage(response.get("usage"))
+            if usage is not None:
+                self._usage = usage
+
+    def result(self, complete: bool) -> Usage:
+        model = self.model or self.fallback_model
+        if self._usage is not None:
+            # The usage chunk covers the whole request, even if the stream broke after it.
+            return replace(self._usage, model=model, service_tier=self._service_tier)
+        if self.unreadable(complete):
+            return self.unknown(UNPARSEABLE)
+        if not self._usage_requested:
+            return self.unknown(MISSING_NOT_REQUESTED)
+        return self.unknown(MISSING_STREAM_TRUNCATED)
+
+
+def inject_include_usage(body: bytes) -> tuple[bytes, bool]:
+    """
+    Ask a streamed Chat Completions or legacy Completions request for usage:
+    return the body with C{stream_options.include_usage} set, and True.  A
+    request that does not stream, already asks, or is not a JSON object is
+    returned unchanged with False.
+    """
+    try:
+        request = json.loads(body)
+    except (ValueError, RecursionError):
+        return body, False
+    if not isinstance(request, dict) or request.get("stream") is not True:
+        return body, False
+    options = request.get("stream_options")
+    if options is None:
+        options = {}
+    if not isinstance(options, dict) or options.get("include_usage") is True:
+        return body, False
+    request["stream_options"] = {**options, "include_usage": True}
+    try:
+        text = json.dumps(request, ensure_ascii=False, separators=(",", ":"))
+        return text.encode("utf-8"), True
+    except UnicodeEncodeError:  # a lone surrogate, legal as a JSON escape only
+        return json.dumps(request, separators=(",", ":")).encode("ascii"), True
+
+
+def is_usage_chunk(data: str) -> bool:
+    """Whether an SSE data field is the usage-only chunk that include_usage adds."""
+    if '"usage"' not in data:
+        return False
+    try:
+        chunk = json.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    return (
+        isinstance(chunk, dict)
+        and isinstance(chunk.get("usage"), dict)
+        and chunk.get("choices") == []
+    )
+
+
+class UsageChunkFilter:
+    """
+    Removes the usage-only chunk from a Chat Completions stream whose client
+    did not ask for it (the gateway did), since naive clients index
+    C{choices[0]}.  Every other byte passes through unchanged, and an event is
+    passed on as soon as it is complete: only an unfinished event is held.
+    """
+
+    def __init__(self) -> None:
+        self._parser = SSEParser()
+        self._held = bytearray()
+        self._base = 0  # stream offset of _held[0]
+        self._removed = False
+        # Offset just past a removed event that ended in a CR at a chunk end:
+        # a LF there belongs to that event's CRLF.
+        self._lf_at: int | None = None
+
+    def filter(self, data: bytes) -> bytes:
+        """Take the next chunk of the stream; return what may go to the client now."""
+        if self._parser.broken:
+            return data
+        self._held += data
+        out = bytearray()
+        for event in self._parser.feed(data):
+            if not self._removed and is_usage_chunk(event.data):
+                self._emit_until(event.start, out)
+                ended_in_cr = self._held[event.end - self._base - 1] == 0x0D
+                self._drop_until(event.end)
+                self._lf_at = event.end if ended_in_cr else None
+                self._removed = True
+        if self._parser.broken:  # an oversized event: stop filtering
+            return bytes(out) + self.flush()
+        self._emit_until(self._parser.pending_start, out)
+        return bytes(out)
+
+    def flush(self) -> bytes:
+        """At the end of the stream: whatever was held back, unchanged."""
+        rest = bytes(self._held)
+        self._base += len(rest)
+        self._held = bytearray()
+        return rest
+
+    def _emit_until(self, offset: int, out: bytearray) -> None:
+        if self._lf_at is not None and self._lf_at == self._base and self._held:
+            if self._held[0] == 0x0A:
+                self._drop_until(self._base + 1)
+            self._lf_at = None
+        count = offset - self._base
+        if count > 0:
+            out += self._held[:count]
+            self._drop_until(offset)
+
+    def _drop_until(self, offset: int) -> None:
+        del self._held[: offset - self._base]
+        self._base = offset
