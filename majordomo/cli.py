@@ -10,6 +10,7 @@ reactor with stdout/stderr captured.
 
 from __future__ import annotations
 
+import getopt
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TextIO
@@ -18,6 +19,7 @@ import psycopg2
 from twisted.internet import defer, task
 from twisted.python import usage
 
+from majordomo import __version__
 from majordomo.config import Config, ConfigError, load_config
 from majordomo.db import Database
 from majordomo.keys import ApiKey, KeyNotFound, KeyStore
@@ -25,11 +27,36 @@ from majordomo.schema import apply_schema
 
 
 class _CommandOptions(usage.Options):
-    """Every subcommand accepts --config too, so it can go anywhere."""
+    """
+    Every subcommand accepts --config too, so it can go anywhere, and options
+    may follow positional arguments (`keys update ID --name X`).
+    """
 
     optParameters: list[list[Any]] = [
         ["config", "c", None, "Configuration file (default: ./majordomo.yaml)."]
     ]
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        if options is None or getattr(self, "subCommands", None):
+            return super().parseOptions(options)
+        try:
+            opts, args = getopt.gnu_getopt(list(options), self.shortOpt, self.longOpt)
+        except getopt.GetoptError as e:
+            raise usage.UsageError(str(e)) from None
+        ordered: list[str] = []
+        for flag, value in opts:
+            takes_value = (
+                flag[2:] + "=" in self.longOpt
+                if flag.startswith("--")
+                else flag[1:] + ":" in self.shortOpt
+            )
+            ordered += [flag, value] if takes_value else [flag]
+        super().parseOptions(ordered + ["--"] + args)
+
+    def opt_version(self) -> None:
+        """Display the Majordomo Gateway version and exit."""
+        print(f"majordomo {__version__}")
+        sys.exit(0)
 
 
 class ServeOptions(_CommandOptions):
@@ -52,7 +79,7 @@ class KeysCreateOptions(_CommandOptions):
 class _KeyIdOptions(_CommandOptions):
     synopsis = "KEY_ID"
 
-    def parseArgs(self, key_id: str) -> None:
+    def parseArgs(self, key_id: str) -> None:  # type: ignore[override]
         self["key_id"] = key_id
 
 
@@ -100,7 +127,7 @@ class PricingShowOptions(_CommandOptions):
         ["provider", "p", None, "Provider (default: guessed from the model name)."]
     ]
 
-    def parseArgs(self, model: str) -> None:
+    def parseArgs(self, model: str) -> None:  # type: ignore[override]
         self["model"] = model
 
 
@@ -178,7 +205,8 @@ async def _keys_list(store: KeyStore, options: Any, out: TextIO) -> int:
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() + "\n")
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        out.write("  ".join(cells).rstrip() + "\n")
     return 0
 
 
@@ -277,7 +305,8 @@ def run(reactor: Any, argv: Sequence[str], out: TextIO, err: TextIO) -> defer.De
         try:
             options = parse(argv)
             config = load_config(options.config_path())
-            return await _COMMANDS[options.subCommand](reactor, config, options.subOptions, out)
+            command = _COMMANDS[str(options.subCommand)]
+            return await command(reactor, config, options.subOptions, out)
         except usage.UsageError as e:
             err.write(f"majordomo: {e}\n(see majordomo --help)\n")
             return 2

@@ -160,7 +160,9 @@ def _coerce(key: str, kind: type, value: Any, from_env: bool) -> Any:
         match = _DURATION.match(str(value)) if isinstance(value, str) else None
         if match:
             return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        raise ConfigError(f"{key}: expected a number of seconds (or 250ms, 30s, 5m, 1h), got {value!r}")
+        raise ConfigError(
+            f"{key}: expected a number of seconds (or 250ms, 30s, 5m, 1h), got {value!r}"
+        )
     if kind is str:
         if isinstance(value, str):
             return value

@@ -12,6 +12,7 @@ retry idempotent work for a bounded time while PostgreSQL is away.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -72,10 +73,10 @@ class _Detector(reconnection.DeadConnectionDetector):
         self.connectionIsDead = True
         reconnecting, self._reconnecting = self._reconnecting, None
         if reconnecting is not None and not reconnecting.called:
-            try:
+            # A connect in progress may refuse to be cancelled until its poll
+            # cycle finishes; the connection is closed right after anyway.
+            with contextlib.suppress(Exception):
                 reconnecting.cancel()
-            except Exception:
-                pass  # a connect in progress finishes its poll cycle first
 
 
 class Database:
@@ -106,9 +107,7 @@ class Database:
         self._closed = False
 
     def _new_connection(self) -> txpostgres.Connection:
-        detector = _Detector(
-            reconnectionIterator=_reconnection_delays, reactor=self._reactor
-        )
+        detector = _Detector(reconnectionIterator=_reconnection_delays, reactor=self._reactor)
         connection = txpostgres.Connection(reactor=self._reactor, detector=detector)
         detector.addRecoveryHandler(lambda: self._on_recovered(connection))
         return connection
@@ -191,11 +190,15 @@ class Database:
         result: defer.Deferred[Any] = getattr(connection, method)(*args, **kwargs)
         return result
 
-    def run_query(self, sql: str, params: Any = None, retry_for: float = 0.0) -> defer.Deferred[Any]:
+    def run_query(
+        self, sql: str, params: Any = None, retry_for: float = 0.0
+    ) -> defer.Deferred[Any]:
         """Run a statement and return its rows; retried for C{retry_for} seconds."""
         return self._retrying(retry_for, self._call, "runQuery", sql, params)
 
-    def run_operation(self, sql: str, params: Any = None, retry_for: float = 0.0) -> defer.Deferred[None]:
+    def run_operation(
+        self, sql: str, params: Any = None, retry_for: float = 0.0
+    ) -> defer.Deferred[None]:
         """Run a statement and discard its result; retried for C{retry_for} seconds."""
         return self._retrying(retry_for, self._call, "runOperation", sql, params)
 
@@ -228,4 +231,3 @@ class Database:
 def is_unavailable(failure: Failure) -> bool:
     """True if C{failure} means PostgreSQL could not be reached."""
     return failure.check(DatabaseUnavailable, *_UNAVAILABLE) is not None
-

@@ -14,32 +14,34 @@ from typing import Any
 from twisted.logger import (
     FileLogObserver,
     FilteringLogObserver,
+    ILogFilterPredicate,
     LogLevel,
     PredicateResult,
-    formatEvent,
+    eventAsText,
 )
-from twisted.logger._format import formatTraceback  # noqa: PLC2701
+from zope.interface import implementer
 
 
 def _format(event: dict[str, Any]) -> str:
-    text = formatEvent(event)
+    text = eventAsText(event, includeTimestamp=False, includeSystem=False)
     level = event.get("log_level")
     if level is not None and level >= LogLevel.warn:
         text = f"{level.name.upper()}: {text}"
-    failure = event.get("log_failure")
-    if failure is not None:
-        text += "\n" + formatTraceback(failure)
     return text + "\n"
 
 
-def _ours_or_important(event: dict[str, Any]) -> PredicateResult:
-    namespace = event.get("log_namespace", "")
-    level = event.get("log_level", LogLevel.info)
-    if namespace.startswith("majordomo") or level >= LogLevel.warn:
-        return PredicateResult.yes
-    return PredicateResult.no
+@implementer(ILogFilterPredicate)
+class _OursOrImportant:
+    """The gateway's own events, and anything at warning level or above."""
+
+    def __call__(self, event: dict[str, Any]) -> PredicateResult:
+        namespace = event.get("log_namespace", "")
+        level = event.get("log_level", LogLevel.info)
+        if namespace.startswith("majordomo") or level >= LogLevel.warn:
+            return PredicateResult.yes
+        return PredicateResult.no
 
 
 def console_observer() -> FilteringLogObserver:
     """The observer C{majordomo serve} passes to twistd's C{--logger}."""
-    return FilteringLogObserver(FileLogObserver(sys.stdout, _format), [_ours_or_important])
+    return FilteringLogObserver(FileLogObserver(sys.stdout, _format), [_OursOrImportant()])

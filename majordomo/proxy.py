@@ -153,7 +153,9 @@ class ProxyResource(Resource):
             method=request.method.decode("ascii"),
             path=providers.redact_path(uri),
             model_requested=facts.model,
-            provider_key_hash=providers.hash_secret(providers.provider_secret(provider, headers, query)),
+            provider_key_hash=providers.hash_secret(
+                providers.provider_secret(provider, headers, query)
+            ),
         )
 
         strip_usage_chunk = False
@@ -190,7 +192,9 @@ class ProxyResource(Resource):
             content_type=content_type.decode("latin-1"),
             request_model=facts.model,
         )
-        relay = _BodyRelay(request, client, parser, UsageChunkFilter() if strip_usage_chunk else None)
+        relay = _BodyRelay(
+            request, client, parser, UsageChunkFilter() if strip_usage_chunk else None
+        )
         response.deliverBody(relay)
         complete = await relay.done
         if not client.gone:
@@ -230,7 +234,10 @@ class ProxyResource(Resource):
     ) -> None:
         maybe_billed = True
         if client.gone:
-            status, message = CLIENT_CLOSED_REQUEST, "Client disconnected before the upstream answered"
+            status, message = (
+                CLIENT_CLOSED_REQUEST,
+                "Client disconnected before the upstream answered",
+            )
         elif failure.check(defer.CancelledError, defer.TimeoutError):
             status, message = 504, "The upstream provider did not answer in time"
         elif failure.check(ConnectError, ConnectionRefusedError, DNSLookupError):
@@ -322,7 +329,7 @@ class _BodyRelay(Protocol):
     def connectionMade(self) -> None:
         if self._client.gone:
             self.error_message = "Client disconnected before the response was complete"
-            self.transport.stopProducing()
+            self.transport.stopProducing()  # type: ignore[union-attr]
             return
         self._request.registerProducer(self.transport, True)
         self._client.relaying(self.transport)

@@ -25,7 +25,8 @@ from majordomo.db import Database
 from majordomo.health import Health, Ready
 from majordomo.keys import KeyStore
 from majordomo.logwriter import LogWriter
-from majordomo.pricing import PriceBook, PricingService, load_overrides_file
+from majordomo.pricing_show import configured_book
+from majordomo.pricing_refresh import PricingService
 from majordomo.proxy import Gateway, ProxyResource
 
 log = Logger()
@@ -65,11 +66,8 @@ class GatewayService(service.MultiService):
         self._reactor = reactor
         self.db = Database(config.storage.postgres, reactor=reactor)
         self.keys = KeyStore(self.db)
-        book = PriceBook.bundled()
-        if config.pricing.overrides_file:
-            book = book.with_overrides(load_overrides_file(config.pricing.overrides_file))
         self.pricing = PricingService(
-            book,
+            configured_book(config),
             remote_url=config.pricing.remote_url,
             refresh_interval=config.pricing.refresh_interval,
             clock=reactor,

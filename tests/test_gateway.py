@@ -98,9 +98,7 @@ class GuideTests(GatewayTestCase):
                 "FROM llm_requests ORDER BY created_at DESC LIMIT 1;"
             )
             # gpt-4o-mini-2024-07-18: $0.15/M in, $0.60/M out (bundled LiteLLM table).
-            self.assertEqual(
-                step7, [("gpt-4o-mini-2024-07-18", 19, 10, Decimal("0.00000885"))]
-            )
+            self.assertEqual(step7, [("gpt-4o-mini-2024-07-18", 19, 10, Decimal("0.00000885"))])
 
         return support.as_deferred(go())
 
@@ -134,9 +132,9 @@ class GuideTests(GatewayTestCase):
             )
             self.assertNotIn("sk-test-provider-key", json.dumps(row))
             self.assertNotIn(self.key, json.dumps(row))
-            created = support.run_sql(
-                "SELECT extract(epoch FROM created_at) FROM llm_requests"
-            )[0][0]
+            created = support.run_sql("SELECT extract(epoch FROM created_at) FROM llm_requests")[0][
+                0
+            ]
             self.assertLess(abs(float(created) - before), 2.0)
             count, last_used = support.run_sql(
                 "SELECT request_count, last_used_at IS NOT NULL FROM api_keys WHERE id = %s",
@@ -209,9 +207,7 @@ GROUP BY ak.id, ak.name
 ORDER BY total_cost DESC;"""
             )
             self.assertEqual(by_key, [("Development", 3, Decimal("0.00355385"))])
-            self.assertEqual(
-                support.run_sql("SELECT request_count FROM api_keys"), [(3,)]
-            )
+            self.assertEqual(support.run_sql("SELECT request_count FROM api_keys"), [(3,)])
 
         return support.as_deferred(go())
 
@@ -284,7 +280,10 @@ class ForwardingTests(GatewayTestCase):
         """An upstream error comes back unchanged (status, headers, body) and gets a row."""
 
         async def go() -> None:
-            error = b'{"error": {"message": "Rate limit", "type": "requests", "code": "rate_limit_exceeded"}}'
+            error = (
+                b'{"error": {"message": "Rate limit", "type": "requests",'
+                b' "code": "rate_limit_exceeded"}}'
+            )
             self.upstream.queue = [
                 support.Canned(
                     status=429,
@@ -375,7 +374,9 @@ class AuthTests(GatewayTestCase):
         """A key works, is revoked, and its very next request gets 401."""
 
         async def go() -> None:
-            response, _ = await self.post("/v1/chat/completions", GUIDE_BODY, X_Majordomo_Key=self.key)
+            response, _ = await self.post(
+                "/v1/chat/completions", GUIDE_BODY, X_Majordomo_Key=self.key
+            )
             self.assertEqual(response.code, 200)
             await KeyStore(self.gateway.db).revoke(self.key_id)
             self.upstream.received.clear()
