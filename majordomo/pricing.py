@@ -34,7 +34,7 @@ from majordomo.usage import ERROR_NOT_BILLED, Usage
 log = Logger()
 
 # Names the bundled table in every cost it prices; change it with the data file.
-BUNDLED_VERSION = "litellm-1.110.2"
+BUNDLED_VERSION = "litellm-1.110.2+majordomo-1"
 OVERRIDE_SOURCE = "override"
 
 # The price tables each upstream's models are looked up in, in order.

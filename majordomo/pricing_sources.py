@@ -301,9 +301,21 @@ def parse_remote_prices(data: bytes) -> RemotePrices:
 
 
 def load_bundled() -> PriceTables:
-    """The LiteLLM table shipped in C{majordomo/data}."""
+    """
+    The LiteLLM table shipped in C{majordomo/data}, with the project's own
+    corrections (C{data/corrections.yaml}) layered over it per field.
+    """
     data = resources.files("majordomo").joinpath("data/litellm-model-prices.json").read_bytes()
-    return parse_litellm(json.loads(data, parse_float=Decimal))
+    tables = parse_litellm(json.loads(data, parse_float=Decimal))
+    corrections = yaml.safe_load(
+        resources.files("majordomo").joinpath("data/corrections.yaml").read_text("utf-8")
+    )
+    for table, models in corrections.items():
+        prices = tables.setdefault(table, {})
+        for key, price in parse_overrides(models, source=f"corrections.yaml: {table}").items():
+            below = prices.get(key)
+            prices[key] = price if below is None else price.layered_over(below)
+    return tables
 
 
 def parse_overrides(raw: object, source: str = "price overrides") -> dict[str, ModelPrice]:

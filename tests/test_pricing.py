@@ -508,6 +508,9 @@ class OverrideTests(SynchronousTestCase):
         match = book.lookup("anthropic", "anthropic/Claude-Sonnet-4-20250514")
         assert match is not None
         self.assertEqual((match.match_kind, match.source), ("override", "override"))
+        self.assertIsNone(PriceBook.bundled().lookup("openai", "acme-model-1"))
+        book = book.with_overrides({"acme-model-1": {"input": 1, "output": 2}})
+        self.assertIsNotNone(book.lookup("openai", "ACME-model-1"))
         self.assertGreater(len(book), len(PriceBook.bundled()))
 
     def test_per_field_merge(self) -> None:
@@ -684,10 +687,51 @@ class RemotePriceTests(SynchronousTestCase):
         dated = book.lookup("openai", "gpt-4o-2024-08-06")
         assert dated is not None
         self.assertEqual((dated.price.input, dated.source), (per_million("2.5"), BUNDLED_VERSION))
-        self.assertIsNone(book.lookup("anthropic", "claude-3-7-sonnet-20250219"))
+        # llm-prices' editorial slug "claude-3.7-sonnet" is not an API id: no fuzzy match.
+        sonnet = book.lookup("anthropic", "claude-3-7-sonnet-20250219")
+        assert sonnet is not None
+        self.assertEqual(sonnet.sources, (BUNDLED_VERSION,))
         overridden = book.with_overrides({"gpt-4o": {"output": 9}}).lookup("openai", "gpt-4o")
         assert overridden is not None
         self.assertEqual(
             (overridden.price.input, overridden.price.output), (per_million("2"), per_million("9"))
         )
         self.assertEqual(overridden.sources, ("override", "llm-prices 2026-08-05", BUNDLED_VERSION))
+
+
+class CorrectionsTests(SynchronousTestCase):
+    """The project's corrections to the bundled table (majordomo/data/corrections.yaml)."""
+
+    def test_guide_model_priced(self) -> None:
+        """
+        claude-sonnet-4-20250514, the guide's Anthropic model, is priced with its
+        cache writes, reads and 1M-context tier, though LiteLLM dropped it.
+        """
+        match = PriceBook.bundled().lookup("anthropic", "claude-sonnet-4-20250514")
+        assert match is not None
+        price = match.price
+        self.assertEqual(
+            (price.input, price.output, price.cached_input, price.cache_write_5m),
+            (per_million("3"), per_million("15"), per_million("0.3"), per_million("3.75")),
+        )
+        self.assertEqual(price.cache_write_1h, per_million("6"))
+        (tier,) = price.tiers
+        self.assertEqual((tier.above_input_tokens, tier.price.input), (200000, per_million("6")))
+
+    def test_corrections_follow_cache_multipliers(self) -> None:
+        """Corrected Claude prices (Haiku 3 aside) write at 1.25x/2x and read at 0.1x input."""
+        book = PriceBook.bundled()
+        for model in (
+            "claude-sonnet-4-20250514",
+            "claude-opus-4-20250514",
+            "claude-opus-4-1-20250805",
+            "claude-3-7-sonnet-20250219",
+            "claude-3-5-haiku-20241022",
+        ):
+            match = book.lookup("anthropic", model)
+            assert match is not None, model
+            price = match.price
+            assert price.input is not None
+            self.assertEqual(price.cache_write_5m, price.input * Decimal("1.25"), model)
+            self.assertEqual(price.cache_write_1h, price.input * 2, model)
+            self.assertEqual(price.cached_input, price.input * Decimal("0.1"), model)
