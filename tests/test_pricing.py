@@ -5,10 +5,8 @@ vectors, the bundled table, model matching, overrides and remote price data.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import re
 from decimal import Decimal
 from typing import Any
 
@@ -24,33 +22,14 @@ from majordomo.pricing_sources import (
     parse_remote_prices,
 )
 from majordomo.usage import COMPLETE, ERROR_NOT_BILLED, PARTIAL_STREAM_TRUNCATED, Usage
-
-VECTORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "vectors")
-PRICE_FIELDS = (
-    "input",
-    "output",
-    "cached_input",
-    "cache_write_5m",
-    "cache_write_1h",
-    "cache_write",
-    "input_audio",
-    "output_audio",
+from tests.vectors import (
+    TOKEN_FIELDS,
+    VECTORS,
+    expected_costs,
+    load_vector,
+    vector_files,
+    vector_overrides,
 )
-TOKEN_FIELDS = (
-    "input_tokens",
-    "cached_tokens",
-    "cache_creation_tokens",
-    "cache_creation_5m_tokens",
-    "cache_creation_1h_tokens",
-    "input_audio_tokens",
-    "tool_use_prompt_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "output_audio_tokens",
-    "web_search_requests",
-)
-# Vectors whose model LiteLLM 1.110.2 no longer lists (it dropped Claude Sonnet 4).
-NOT_IN_BUNDLED_TABLE = {"22_anthropic_long_context_over_200k"}
 
 
 def per_million(value: str) -> Decimal:
@@ -58,48 +37,11 @@ def per_million(value: str) -> Decimal:
     return Decimal(value) / 1_000_000
 
 
-def vector_files() -> list[str]:
-    """The shared vector files, or none if the directory is missing."""
-    return sorted(glob.glob(os.path.join(VECTORS, "*.json")))
-
-
-def load_vector(path: str) -> dict[str, Any]:
-    """One vector, with the costs read as Decimal."""
-    with open(path, encoding="utf-8") as f:
-        vector: dict[str, Any] = json.load(f)
-    return vector
-
-
 def vector_usage(vector: dict[str, Any]) -> Usage:
     """The normalised usage a vector expects, as a Usage."""
     expected = vector["expected"]
     counts = {name: expected.get(name) for name in TOKEN_FIELDS}
     return Usage(usage_status=expected["usage_status"], model=expected["model"], **counts)
-
-
-def vector_overrides(prices: dict[str, Any]) -> dict[str, Any]:
-    """
-    A vector's C{prices_used} in the overrides file's shape.  Where the case
-    crosses a long-context tier, the top-level prices are the tier's and
-    C{base_tier_for_reference} holds the base; the threshold is in C{tier}.
-    """
-    given = {name: prices[name] for name in PRICE_FIELDS if name in prices}
-    key = prices["pricing_key"].split()[0]
-    base = prices.get("base_tier_for_reference")
-    if base is None:
-        return {key: given}
-    threshold = re.search(r">(\d+)k", prices["tier"])
-    assert threshold is not None, prices["tier"]
-    tier = {"above_input_tokens": int(threshold[1]) * 1000, **given}
-    return {key: {**base, "tiers": [tier]}}
-
-
-def expected_costs(vector: dict[str, Any]) -> tuple[Decimal | None, ...]:
-    """The exact input, output and total cost a vector expects."""
-    exact = vector["expected_cost_usd_exact"]
-    return tuple(
-        None if exact[k] is None else Decimal(exact[k]) for k in ("input", "output", "total")
-    )
 
 
 def costs(cost: Cost) -> tuple[Decimal | None, ...]:
@@ -133,8 +75,6 @@ class VectorTests(SynchronousTestCase):
         book = PriceBook.bundled()
         for path in vector_files():
             name = os.path.basename(path)[:-5]
-            if name in NOT_IN_BUNDLED_TABLE:
-                continue
             vector = load_vector(path)
             cost = book.cost(vector["provider"], vector_usage(vector))
             self.assertEqual(costs(cost), expected_costs(vector), name)
