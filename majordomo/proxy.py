@@ -51,8 +51,11 @@ _NOT_FORWARDED = frozenset(
         b"transfer-encoding",
         b"upgrade",
         b"host",
+        # The body is relayed as it arrives, possibly changed in length: treq
+        # asks the provider for gzip and hands us the decoded bytes, and an
+        # injected usage chunk is removed.  twisted.web frames it (chunked).
         b"content-length",
-        # Ask the provider for an uncompressed body so usage can be read from it.
+        # treq sets its own (gzip, which it decodes) so usage can be read.
         b"accept-encoding",
     }
 )
@@ -183,7 +186,7 @@ class ProxyResource(Resource):
             return
 
         record.ttfb(gateway.clock.seconds())
-        self._start_response(request, response, drop_length=strip_usage_chunk)
+        self._start_response(request, response)
         content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
         parser = make_usage_parser(
             provider,
@@ -212,16 +215,13 @@ class ProxyResource(Resource):
             )
         )
 
-    def _start_response(self, request: Request, response: IResponse, drop_length: bool) -> None:
+    def _start_response(self, request: Request, response: IResponse) -> None:
         request.setResponseCode(response.code, response.phrase)
         request.defaultContentType = None
         for name, values in response.headers.getAllRawHeaders():
-            lower = name.lower()
-            if lower in _NOT_FORWARDED and lower not in (b"content-length",):
-                continue
-            if lower == b"content-length" and drop_length:
-                continue
-            request.responseHeaders.setRawHeaders(name, values)
+            if name.lower() not in _NOT_FORWARDED and any(values):
+                # (treq's gzip decoder leaves an empty Content-Encoding behind.)
+                request.responseHeaders.setRawHeaders(name, values)
 
     def _reject(self, request: Request, provider: str, status: int, message: str) -> None:
         request.setResponseCode(status)

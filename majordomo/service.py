@@ -25,8 +25,8 @@ from majordomo.db import Database
 from majordomo.health import Health, Ready
 from majordomo.keys import KeyStore
 from majordomo.logwriter import LogWriter
-from majordomo.pricing_show import configured_book
 from majordomo.pricing_refresh import PricingService
+from majordomo.pricing_show import configured_book
 from majordomo.proxy import Gateway, ProxyResource
 
 log = Logger()

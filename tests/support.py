@@ -6,6 +6,7 @@ by a real HTTP server on loopback, and a running gateway wired to both.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import os
 import sys
@@ -100,6 +101,7 @@ class Canned:
     )
     chunks: list[bytes] = dataclasses.field(default_factory=list)
     chunk_delay: float = 0.0
+    gzip: bool = False
 
 
 class FakeProvider(Resource):
@@ -132,6 +134,13 @@ class FakeProvider(Resource):
         request.setResponseCode(canned.status)
         for name, value in canned.headers.items():
             request.setHeader(name, value)
+        if canned.gzip:
+            # As real providers do when the client accepts gzip: a compressed
+            # body with its compressed Content-Length.
+            body = gzip.compress(b"".join(canned.chunks))
+            request.setHeader("Content-Encoding", "gzip")
+            request.setHeader("Content-Length", str(len(body)))
+            return body
         if not canned.chunk_delay:
             return b"".join(canned.chunks)
         self._send(request, list(canned.chunks), canned.chunk_delay)

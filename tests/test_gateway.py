@@ -5,12 +5,15 @@ by a real HTTP server on loopback, requests over real TCP.
 
 from __future__ import annotations
 
+import io
 import json
 from decimal import Decimal
 from typing import Any
 
 import treq
 from twisted.internet import defer, reactor, threads
+from twisted.web.client import Agent, FileBodyProducer, readBody
+from twisted.web.http_headers import Headers
 
 from majordomo.keys import KeyStore
 from tests import support
@@ -249,6 +252,32 @@ class ForwardingTests(GatewayTestCase):
             self.assertEqual(row["status_code"], 429)
             self.assertEqual(row["usage_status"], "error_not_billed")
             self.assertEqual(Decimal(str(row["total_cost"])), Decimal(0))
+
+        return support.as_deferred(go())
+
+    def test_gzip_from_provider(self) -> defer.Deferred[None]:
+        """
+        A provider answering in gzip (as OpenAI does) reaches the client as
+        the plain JSON, with no stale Content-Length, and its usage is read.
+        """
+
+        async def go() -> None:
+            answer = support.chat_completion("gpt-4o-mini-2024-07-18", 1000, 2000)
+            self.upstream.queue = [support.Canned(chunks=[answer], gzip=True)]
+            # A plain Agent: it neither asks for nor decodes gzip itself.
+            response = await Agent(reactor).request(
+                b"POST",
+                (self.url + "/v1/chat/completions").encode(),
+                Headers({"X-Majordomo-Key": [self.key], "Connection": ["close"]}),
+                FileBodyProducer(io.BytesIO(json.dumps(GUIDE_BODY).encode())),
+            )
+            body = await readBody(response)
+            self.assertEqual(self.upstream.received[0]["headers"]["accept-encoding"], ["gzip"])
+            self.assertEqual(body, answer)
+            self.assertIsNone(response.headers.getRawHeaders(b"content-encoding"))
+            self.assertIsNone(response.headers.getRawHeaders(b"content-length"))
+            (row,) = await self.rows()
+            self.assertEqual((row["input_tokens"], row["output_tokens"]), (1000, 2000))
 
         return support.as_deferred(go())
 

@@ -23,6 +23,12 @@ AZURE = "azure"
 PROVIDERS = (OPENAI, ANTHROPIC, GEMINI, AZURE)
 
 _GEMINI_MODEL = re.compile(r"/models/([^/:?]+)(?::([A-Za-z]+))?")
+# Gemini's methods on a model.  OpenAI's GET /v1/models/{id} has none (a
+# fine-tuned id contains colons, but never one of these words after one).
+_GEMINI_METHOD = re.compile(
+    r"/models/[^/:?]+:(generateContent|streamGenerateContent|countTokens|embedContent"
+    r"|batchEmbedContents|predict)(?:\?|$)"
+)
 _AZURE_DEPLOYMENT = re.compile(r"^/openai/deployments/([^/?]+)")
 # Query parameters that carry a provider key; redacted wherever a path is stored.
 _SECRET_QUERY_PARAMS = frozenset({"key", "api_key", "api-key"})
@@ -32,7 +38,7 @@ def detect_provider(path: str) -> str:
     """The provider a request path belongs to; OpenAI is the default."""
     if path.startswith("/v1/messages"):
         return ANTHROPIC
-    if path.startswith(("/v1beta/", "/v1alpha/")) or _GEMINI_MODEL.search(path.split("?")[0]):
+    if path.startswith(("/v1beta/", "/v1alpha/")) or _GEMINI_METHOD.search(path):
         return GEMINI
     if path.startswith("/openai/deployments/"):
         return AZURE

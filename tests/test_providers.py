@@ -1,0 +1,71 @@
+"""Routing and secrets: which provider a path belongs to, and what is stored of its key."""
+
+from __future__ import annotations
+
+import hashlib
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from majordomo import providers
+
+
+class DetectProviderTests(SynchronousTestCase):
+    """The provider is chosen from the path."""
+
+    def test_paths(self) -> None:
+        """Each provider's native paths route to it; anything else is OpenAI."""
+        cases = {
+            "/v1/chat/completions": "openai",
+            "/v1/completions": "openai",
+            "/v1/embeddings": "openai",
+            "/v1/responses": "openai",
+            "/v1/models": "openai",
+            "/v1/models/gpt-4o": "openai",
+            "/v1/models/ft:gpt-4o-mini-2024-07-18:org:name:AbC123": "openai",
+            "/v1/messages": "anthropic",
+            "/v1/messages?beta=true": "anthropic",
+            "/v1beta/models/gemini-2.5-pro:generateContent": "gemini",
+            "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse": "gemini",
+            "/v1/models/gemini-2.5-flash:generateContent": "gemini",
+            "/v1beta/models": "gemini",
+            "/openai/deployments/prod-4o/chat/completions?api-version=2024-10-21": "azure",
+        }
+        for path, provider in cases.items():
+            self.assertEqual(providers.detect_provider(path), provider, path)
+
+
+class SecretTests(SynchronousTestCase):
+    """Provider keys are found wherever the provider carries them, and only ever hashed."""
+
+    def test_secret_locations(self) -> None:
+        """Authorization, x-api-key, api-key, x-goog-api-key and ?key= are all found."""
+        self.assertEqual(
+            providers.provider_secret("openai", {"authorization": "Bearer sk-1"}, ""), "sk-1"
+        )
+        self.assertEqual(providers.provider_secret("anthropic", {"x-api-key": "a"}, ""), "a")
+        self.assertEqual(providers.provider_secret("azure", {"api-key": "z"}, ""), "z")
+        self.assertEqual(providers.provider_secret("gemini", {"x-goog-api-key": "g"}, ""), "g")
+        self.assertEqual(providers.provider_secret("gemini", {}, "alt=sse&key=AIzaX"), "AIzaX")
+        self.assertIsNone(providers.provider_secret("openai", {}, ""))
+        self.assertEqual(providers.hash_secret("sk-1"), hashlib.sha256(b"sk-1").hexdigest())
+
+    def test_redact_path(self) -> None:
+        """A key in the query string never reaches a stored path; the rest stays."""
+        self.assertEqual(
+            providers.redact_path("/v1beta/models/g:generateContent?key=AIzaSECRET&alt=sse"),
+            "/v1beta/models/g:generateContent?key=REDACTED&alt=sse",
+        )
+        self.assertEqual(providers.redact_path("/v1/chat/completions"), "/v1/chat/completions")
+
+    def test_request_facts(self) -> None:
+        """The requested model comes from the body, Gemini's path, or Azure's deployment."""
+        facts = providers.request_facts("openai", "/v1/chat/completions", {"model": "gpt-4o"})
+        self.assertEqual((facts.model, facts.stream), ("gpt-4o", False))
+        facts = providers.request_facts(
+            "gemini", "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse", None
+        )
+        self.assertEqual((facts.model, facts.stream), ("gemini-2.5-pro", True))
+        facts = providers.request_facts(
+            "azure", "/openai/deployments/prod-4o/chat/completions?api-version=1", {}
+        )
+        self.assertEqual(facts.model, "prod-4o")
