@@ -166,16 +166,16 @@ def listen(resource: Resource) -> Any:
 def gateway_config(upstream_port: int, **env: str) -> Config:
     """A gateway configuration: test database, every provider at the fake upstream."""
     base = f"http://127.0.0.1:{upstream_port}"
+    settings = {
+        "MAJORDOMO_SERVER_PORT": "0",
+        "MAJORDOMO_STORAGE_FLUSH_INTERVAL": "0.05",
+        "MAJORDOMO_PROVIDERS_OPENAI_BASE_URL": base,
+        "MAJORDOMO_PROVIDERS_ANTHROPIC_BASE_URL": base,
+        "MAJORDOMO_PROVIDERS_GEMINI_BASE_URL": base,
+        "MAJORDOMO_PROVIDERS_AZURE_BASE_URL": base,
+    }
     return load_config(
-        env=test_env(
-            MAJORDOMO_SERVER_PORT="0",
-            MAJORDOMO_STORAGE_FLUSH_INTERVAL="0.05",
-            MAJORDOMO_PROVIDERS_OPENAI_BASE_URL=base,
-            MAJORDOMO_PROVIDERS_ANTHROPIC_BASE_URL=base,
-            MAJORDOMO_PROVIDERS_GEMINI_BASE_URL=base,
-            MAJORDOMO_PROVIDERS_AZURE_BASE_URL=base,
-            **env,
-        ),
+        env=test_env(**{**settings, **env}),
         cwd=os.path.dirname(os.path.abspath(__file__)),
     )
 
