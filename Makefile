@@ -31,7 +31,12 @@ db: build
 run: db
 	./bin/majordomo serve
 
-test: $(VENV)/.test-installed
+# The guide's Node.js snippets are tested with the real npm packages.
+tests/node/node_modules: tests/node/package.json
+	cd tests/node && npm install --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: $(VENV)/.test-installed tests/node/node_modules
 	$(PY) -m twisted.trial $(TRIAL_ARGS) tests
 
 lint: $(VENV)/.test-installed
@@ -40,4 +45,4 @@ lint: $(VENV)/.test-installed
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) bin _trial_temp twisted/plugins/dropin.cache
+	rm -rf $(VENV) bin _trial_temp twisted/plugins/dropin.cache tests/node/node_modules
