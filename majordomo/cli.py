@@ -13,6 +13,7 @@ from __future__ import annotations
 import getopt
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import date
 from typing import Any, TextIO
 
 import psycopg2
@@ -140,6 +141,24 @@ class PricingOptions(usage.Options):
             raise usage.UsageError("pricing needs a subcommand: show")
 
 
+class RepriceOptions(_CommandOptions):
+    synopsis = "[--since YYYY-MM-DD] [--model MODEL]"
+    description = "Recompute stored costs with the current prices (idempotent)."
+    optParameters = _CommandOptions.optParameters + [
+        ["since", "s", None, "Only requests that arrived on or after this date (UTC)."],
+        ["model", "m", None, "Only requests for this model (as reported or requested)."],
+    ]
+
+    def postOptions(self) -> None:
+        if self["since"] is not None:
+            try:
+                self["since"] = date.fromisoformat(self["since"])
+            except ValueError:
+                raise usage.UsageError(
+                    f"--since: not a date (YYYY-MM-DD): {self['since']}"
+                ) from None
+
+
 class Options(_CommandOptions):
     synopsis = "majordomo [--config PATH] COMMAND ..."
     subCommands = [
@@ -147,6 +166,7 @@ class Options(_CommandOptions):
         ["keys", None, KeysOptions, "Manage Majordomo API keys."],
         ["db", None, DbOptions, "Manage the database."],
         ["pricing", None, PricingOptions, "Inspect price data."],
+        ["reprice", None, RepriceOptions, "Recompute stored costs with current prices."],
     ]
 
     def postOptions(self) -> None:
@@ -275,6 +295,23 @@ async def _pricing(reactor: Any, config: Config, options: Any, out: TextIO) -> i
     return show_price(config, options.subOptions["model"], options.subOptions["provider"], out)
 
 
+async def _reprice(reactor: Any, config: Config, options: Any, out: TextIO) -> int:
+    from majordomo.pricing_show import configured_book
+    from majordomo.reprice import reprice
+
+    db = Database(config.storage.postgres, reactor=reactor, pool_size=1)
+    try:
+        await db.connect_once()
+        result = await reprice(db, configured_book(config), options["since"], options["model"])
+    finally:
+        db.close()
+    out.write(
+        f"Repriced {result.examined} requests: {result.changed} changed, "
+        f"{result.unpriced} still without a price.\n"
+    )
+    return 0
+
+
 def _serve(config_path: str | None) -> None:
     """Hand over to twistd in the foreground, with plain console log lines."""
     from twisted.scripts import twistd
@@ -289,7 +326,12 @@ def _serve(config_path: str | None) -> None:
     twistd.run()
 
 
-_COMMANDS: dict[str, Command] = {"keys": _keys, "db": _db, "pricing": _pricing}
+_COMMANDS: dict[str, Command] = {
+    "keys": _keys,
+    "db": _db,
+    "pricing": _pricing,
+    "reprice": _reprice,
+}
 
 
 def parse(argv: Sequence[str]) -> Options:

@@ -13,7 +13,7 @@ from typing import Any
 
 from majordomo.usage import ERROR_NOT_BILLED, Usage
 
-_TOKEN_COLUMNS = (
+TOKEN_COLUMNS = (
     "input_tokens",
     "output_tokens",
     "cached_tokens",
@@ -102,7 +102,7 @@ class RequestRecord:
             pricing_tier=cost.pricing_tier,
             price_source=cost.price_source,
         )
-        for column in _TOKEN_COLUMNS:
+        for column in TOKEN_COLUMNS:
             row[column] = getattr(usage, column)
         return row
 
@@ -122,6 +122,6 @@ class RequestRecord:
             usage_status="unknown" if maybe_billed else ERROR_NOT_BILLED,
         )
         if not maybe_billed:
-            row.update({column: 0 for column in _TOKEN_COLUMNS})
+            row.update({column: 0 for column in TOKEN_COLUMNS})
             row.update(input_cost="0", output_cost="0", total_cost="0")
         return row
