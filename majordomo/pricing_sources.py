@@ -20,9 +20,10 @@ from decimal import Decimal
 from importlib import resources
 from typing import Any
 
-import treq
 import yaml
+from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
+from twisted.web.client import Agent, HTTPConnectionPool
 
 # Price fields of a ModelPrice, in the order they are shown.
 PRICE_FIELDS = (
@@ -396,16 +397,22 @@ def price_fields(price: ModelPrice) -> dict[str, Decimal]:
     return {name: value for name in PRICE_FIELDS if (value := getattr(price, name)) is not None}
 
 
-def fetch_url(url: str, timeout: float = 30.0, client: Any = treq) -> Deferred[bytes]:
+def fetch_url(url: str, timeout: float = 30.0, client: Any = None) -> Deferred[bytes]:
     """
-    GET C{url} with C{client} (treq, or a treq-like client such as
-    C{treq.testing.StubTreq}) and fire with the body; fail unless it is a 200.
+    GET C{url} with C{client} (a treq-like client such as
+    C{treq.testing.StubTreq}; default: treq on a fresh, non-persistent
+    connection, as a fetch every hour gains nothing from keeping one open)
+    and fire with the body; fail unless it is a 200.
     """
+    if client is None:
+        from twisted.internet import reactor
+
+        client = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
 
     def body(response: Any) -> Deferred[bytes]:
         if response.code != 200:
             raise PricingError(f"{url} answered HTTP {response.code}")
-        content: Deferred[bytes] = client.content(response)
+        content: Deferred[bytes] = response.content()
         return content
 
     fetched: Deferred[Any] = client.get(url, timeout=timeout)

@@ -11,6 +11,7 @@ byte has been sent.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,6 +111,8 @@ class ProxyResource(Resource):
     def __init__(self, gateway: Gateway) -> None:
         super().__init__()
         self._gateway = gateway
+        # Requests whose model had no price, by (provider, model): their cost is NULL.
+        self.unpriced: Counter[tuple[str, str]] = Counter()
 
     def render(self, request: Request) -> Any:
         d = defer.Deferred.fromCoroutine(self._proxy(request))
@@ -204,6 +207,8 @@ class ProxyResource(Resource):
             request.finish()
         usage = parser.finish(complete=complete)
         cost = gateway.prices.book.cost(provider, usage)
+        if not cost.priced and usage.model and usage.input_tokens:
+            self._note_unpriced(provider, usage.model)
         gateway.writer.add(
             record.finish(
                 now=gateway.clock.seconds(),
@@ -214,6 +219,17 @@ class ProxyResource(Resource):
                 error_message=relay.error_message,
             )
         )
+
+    def _note_unpriced(self, provider: str, model: str) -> None:
+        """Count a request we could not price; warn on the first of each model."""
+        self.unpriced[provider, model] += 1
+        if self.unpriced[provider, model] == 1:
+            log.warn(
+                "No price for model {model} on {provider}: its cost is recorded as NULL "
+                "(add it to pricing.overrides_file, then run majordomo reprice)",
+                model=model,
+                provider=provider,
+            )
 
     def _start_response(self, request: Request, response: IResponse) -> None:
         request.setResponseCode(response.code, response.phrase)

@@ -12,6 +12,7 @@ from typing import Any
 
 import treq
 from twisted.internet import defer, reactor, threads
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
 
@@ -191,6 +192,35 @@ ORDER BY total_cost DESC;"""
             received = self.upstream.received[0]
             self.assertEqual(received["uri"], "/v1/chat/completions")
             self.assertEqual(received["headers"]["authorization"], ["Bearer your-openai-api-key"])
+
+        return support.as_deferred(go())
+
+
+class UnpricedModelTests(GatewayTestCase):
+    """A model without a price is recorded at cost NULL, never 0, and said so."""
+
+    def test_unknown_model(self) -> defer.Deferred[None]:
+        """
+        Tokens are recorded, costs and pricing_key are NULL, one warning names
+        the model, and the counter counts every such request.
+        """
+
+        async def go() -> None:
+            answer = support.chat_completion("acme-model-1", 10, 5)
+            self.upstream.queue = [support.Canned(chunks=[answer]), support.Canned(chunks=[answer])]
+            with capturedLogs() as events:
+                for _ in range(2):
+                    await self.post("/v1/chat/completions", GUIDE_BODY, X_Majordomo_Key=self.key)
+            rows = await self.rows(2)
+            for row in rows:
+                self.assertEqual((row["input_tokens"], row["output_tokens"]), (10, 5))
+                self.assertIsNone(row["total_cost"])
+                self.assertIsNone(row["input_cost"])
+                self.assertIsNone(row["pricing_key"])
+            warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+            self.assertEqual(len(warnings), 1)
+            self.assertIn("No price for model acme-model-1 on openai", warnings[0])
+            self.assertEqual(self.gateway.proxy.unpriced["openai", "acme-model-1"], 2)
 
         return support.as_deferred(go())
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
+from typing import Any
 
 from twisted.internet import defer
 
 from tests import support
 from tests.gateway_case import GatewayTestCase
+from tests.vectors import VECTORS, expected_costs, load_vector
 
 AZURE_PATH = "/openai/deployments/prod-4o/chat/completions?api-version=2024-10-21"
 
@@ -115,5 +118,51 @@ class UnconfiguredAzureTests(GatewayTestCase):
             self.assertEqual(response.code, 400)
             self.assertIn("'azure' is not configured", json.loads(body)["error"]["message"])
             self.assertEqual(self.upstream.received, [])
+
+        return support.as_deferred(go())
+
+
+def _gemini_json_array_stream() -> tuple[bytes, dict[str, Any]]:
+    """Vector 26's events re-framed as Gemini's non-SSE stream: one JSON array, sent bit by bit."""
+    vector = load_vector(f"{VECTORS}/26_gemini_stream_sse_thoughts.json")
+    events = [
+        line[len("data: ") :]
+        for line in vector["response_body"].replace("\r\n", "\n").split("\n")
+        if line.startswith("data: ")
+    ]
+    return ("[" + "\n,\r\n".join(events) + "\n]").encode(), vector
+
+
+class GeminiArrayStreamTests(GatewayTestCase):
+    """streamGenerateContent without alt=sse: a streamed JSON array, not SSE."""
+
+    def test_json_array_stream(self) -> defer.Deferred[None]:
+        """The array reaches the client unchanged and its last usageMetadata is recorded."""
+        body, vector = _gemini_json_array_stream()
+
+        async def go() -> None:
+            self.upstream.queue = [
+                support.Canned(
+                    headers={"Content-Type": "application/json; charset=UTF-8"},
+                    chunks=[body[i : i + 97] for i in range(0, len(body), 97)],
+                    chunk_delay=0.001,
+                )
+            ]
+            response, received = await self.post(
+                "/v1beta/models/gemini-2.5-pro:streamGenerateContent",
+                {"contents": [{"parts": [{"text": "Hi"}]}]},
+                X_Majordomo_Key=self.key,
+                x_goog_api_key="AIza-x",
+            )
+            self.assertEqual(received, body)
+            (row,) = await self.rows()
+            expected = vector["expected"]
+            self.assertEqual(row["usage_status"], "complete")
+            self.assertTrue(row["stream"])
+            self.assertEqual(
+                (row["input_tokens"], row["output_tokens"], row["reasoning_tokens"]),
+                (expected["input_tokens"], expected["output_tokens"], expected["reasoning_tokens"]),
+            )
+            self.assertEqual(Decimal(str(row["total_cost"])), expected_costs(vector)[2])
 
         return support.as_deferred(go())
