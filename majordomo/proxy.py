@@ -14,6 +14,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 from treq.client import HTTPClient
 from twisted.internet import defer
@@ -60,7 +61,22 @@ _NOT_FORWARDED = frozenset(
         b"accept-encoding",
     }
 )
-_OPENAI_USAGE_PATHS = ("/v1/chat/completions", "/v1/completions")
+# Streams on these paths carry usage only when asked (stream_options.include_usage).
+_USAGE_ON_REQUEST_PATHS = ("/chat/completions", "/completions")
+# Azure rejects stream_options before this api-version (USAGE-SPEC.md 2.7).
+_AZURE_STREAM_OPTIONS_SINCE = "2024-09-01"
+
+
+def _may_ask_for_usage(provider: str, path: str, query: str) -> bool:
+    """Whether the gateway may add stream_options.include_usage to this request."""
+    if provider not in (providers.OPENAI, providers.AZURE):
+        return False
+    if not path.endswith(_USAGE_ON_REQUEST_PATHS):
+        return False
+    if provider == providers.AZURE:
+        version = dict(parse_qsl(query)).get("api-version", "")
+        return version[:10] >= _AZURE_STREAM_OPTIONS_SINCE
+    return True
 
 
 @dataclass
@@ -164,10 +180,9 @@ class ProxyResource(Resource):
             ),
         )
 
+        may_ask = _may_ask_for_usage(provider, uri.split("?")[0], query)
         strip_usage_chunk = False
-        if provider in (providers.OPENAI, providers.AZURE) and uri.split("?")[0].endswith(
-            _OPENAI_USAGE_PATHS
-        ):
+        if may_ask:
             body, strip_usage_chunk = inject_include_usage(body)
 
         request.setHeader(b"x-majordomo-request-id", str(record.id).encode("ascii"))
@@ -197,6 +212,7 @@ class ProxyResource(Resource):
             status_code=response.code,
             content_type=content_type.decode("latin-1"),
             request_model=facts.model,
+            usage_requested=may_ask or provider not in (providers.OPENAI, providers.AZURE),
         )
         relay = _BodyRelay(
             request, client, parser, UsageChunkFilter() if strip_usage_chunk else None

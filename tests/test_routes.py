@@ -166,3 +166,50 @@ class GeminiArrayStreamTests(GatewayTestCase):
             self.assertEqual(Decimal(str(row["total_cost"])), expected_costs(vector)[2])
 
         return support.as_deferred(go())
+
+
+class AzureStreamTests(GatewayTestCase):
+    """Azure streams: usage asked for only where the api-version accepts it."""
+
+    async def stream(self, api_version: str) -> dict[str, Any]:
+        vector = load_vector(f"{VECTORS}/04_openai_chat_stream_no_include_usage.json")
+        self.upstream.queue = [
+            support.Canned(
+                headers={"Content-Type": "text/event-stream"},
+                chunks=[vector["response_body"].encode()],
+            )
+        ]
+        request = {"stream": True, "messages": [{"role": "user", "content": "Hi"}]}
+        await self.post(
+            f"/openai/deployments/prod-4o/chat/completions?api-version={api_version}",
+            request,
+            X_Majordomo_Key=self.key,
+            api_key="k",
+        )
+        sent: dict[str, Any] = json.loads(self.upstream.received[0]["body"])
+        return sent
+
+    def test_new_api_version_gets_usage(self) -> defer.Deferred[None]:
+        """api-version 2024-10-21 accepts stream_options: the gateway asks for usage."""
+
+        async def go() -> None:
+            sent = await self.stream("2024-10-21")
+            self.assertEqual(sent["stream_options"], {"include_usage": True})
+
+        return support.as_deferred(go())
+
+    def test_old_api_version_left_alone(self) -> defer.Deferred[None]:
+        """
+        api-version 2024-02-01 would reject stream_options with a 400: the body
+        goes unchanged, and the row says usage was not requested (NULL, not 0).
+        """
+
+        async def go() -> None:
+            sent = await self.stream("2024-02-01")
+            self.assertNotIn("stream_options", sent)
+            (row,) = await self.rows()
+            self.assertEqual(row["usage_status"], "missing_not_requested")
+            self.assertIsNone(row["output_tokens"])
+            self.assertIsNone(row["total_cost"])
+
+        return support.as_deferred(go())
