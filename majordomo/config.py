@@ -56,6 +56,10 @@ def _section(cls: type) -> Any:
 class ServerConfig:
     host: str = _setting("127.0.0.1")
     port: int = _setting(7680, _port)
+    max_body_size: int = _setting(32 * 1024 * 1024, _positive)  # bytes; larger gets 413
+    body_timeout: float = _setting(60.0, _positive)  # to receive a whole request body
+    shutdown_timeout: float = _setting(30.0, _positive)  # to let in-flight requests finish
+    reuse_port: bool = _setting(False)
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,22 @@ class StorageConfig:
     postgres: PostgresConfig = _section(PostgresConfig)
     batch_size: int = _setting(500, _positive)
     flush_interval: float = _setting(0.2, _positive)
+    spool_dir: str = _setting("")  # "" = <state directory>/spool
+    spool_max_bytes: int = _setting(1024 * 1024 * 1024, _positive)
+    memory_queue_limit: int = _setting(10000, _positive)  # records held in memory; rest on disk
+
+    def spool_path(self, env: Mapping[str, str] | None = None) -> str:
+        """Where records wait for PostgreSQL: spool_dir, else under the state directory."""
+        if self.spool_dir:
+            return self.spool_dir
+        env = os.environ if env is None else env
+        state = env.get("STATE_DIRECTORY", "").split(":")[0]  # set by systemd's StateDirectory=
+        if not state:
+            base = env.get("XDG_STATE_HOME") or os.path.join(
+                os.path.expanduser("~"), ".local", "state"
+            )
+            state = os.path.join(base, "majordomo")
+        return os.path.join(state, "spool")
 
 
 @dataclass(frozen=True)
@@ -116,6 +136,7 @@ class ProvidersConfig:
 class UpstreamConfig:
     connect_timeout: float = _setting(10.0, _positive)
     response_timeout: float = _setting(600.0, _positive)
+    idle_timeout: float = _setting(300.0, _positive)  # longest silence inside a response body
     max_connections_per_host: int = _setting(256, _positive)
 
 
