@@ -228,6 +228,8 @@ class Database:
                 return result
 
 
-def is_unavailable(failure: Failure) -> bool:
-    """True if C{failure} means PostgreSQL could not be reached."""
-    return failure.check(DatabaseUnavailable, *_UNAVAILABLE) is not None
+def is_unavailable(error: BaseException | Failure) -> bool:
+    """True if C{error} means PostgreSQL could not be reached (not that it refused)."""
+    if isinstance(error, Failure):
+        return error.check(DatabaseUnavailable, *_UNAVAILABLE) is not None
+    return isinstance(error, (DatabaseUnavailable, *_UNAVAILABLE))

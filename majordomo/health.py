@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -22,20 +23,22 @@ class Health(Resource):
 
 class Ready(Resource):
     """
-    Readiness: 200 C{{"status": "ok"}}, or 503 with the reason the gateway
-    cannot serve (so a load balancer sends traffic elsewhere).
+    Readiness: 200 C{{"status": "ok", ...}} while the gateway can accept and
+    account for traffic, or 503 with the reason it cannot (so a load balancer
+    sends traffic elsewhere).  The details say whether PostgreSQL is
+    reachable and how many records wait in the spool.
     """
 
     isLeaf = True
 
-    def __init__(self, problem: Callable[[], str | None]) -> None:
+    def __init__(self, report: Callable[[], tuple[str | None, dict[str, Any]]]) -> None:
         super().__init__()
-        self._problem = problem
+        self._report = report
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"application/json")
-        problem = self._problem()
+        problem, details = self._report()
         if problem is None:
-            return json.dumps({"status": "ok"}).encode()
+            return json.dumps({"status": "ok", **details}).encode()
         request.setResponseCode(503)
-        return json.dumps({"status": "unavailable", "reason": problem}).encode()
+        return json.dumps({"status": "unavailable", "reason": problem, **details}).encode()

@@ -1,30 +1,39 @@
 # -*- test-case-name: tests.test_logwriter -*-
 """
 The batching writer: request records go to PostgreSQL in batches, never on
-the response path.
+the response path, and nothing a user paid for is lost on the way.
 
-Records are buffered and written every C{flush_interval} seconds, or as soon
-as C{batch_size} are waiting, as ONE statement per batch: the rows go in through
+Each record is journaled to the spool (L{majordomo.spool}) when it is added,
+before the client sees the end of its response.  Records are grouped into
+batches of C{batch_size}, or whatever arrived within C{flush_interval}; each
+batch is one spool segment and ONE statement: the rows go in through
 C{jsonb_populate_recordset} (txpostgres cannot COPY or executemany) with
 C{ON CONFLICT (id) DO NOTHING}, and the same statement adds the inserted rows
-to C{api_keys.request_count} / C{last_used_at}.  A batch that is written twice
-therefore changes nothing the second time.  A batch that fails (PostgreSQL is
-down) stays queued, in order, and is retried on the next tick.
+to C{api_keys.request_count} / C{last_used_at}, so a batch written twice
+changes nothing the second time.  Once committed, the segment is deleted.
+
+While PostgreSQL is away, batches wait, in order; at most C{memory_limit}
+records are held in memory, the rest only on disk (read back in a thread when
+their turn comes).  A batch PostgreSQL refuses for its content is written row
+by row and the rows it still refuses go to C{rejected.jsonl} in the spool
+directory, so one bad record cannot block the others.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections import deque
-from collections.abc import Iterable
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer, task
+from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
 from majordomo.db import Database, is_unavailable
+from majordomo.spool import Segment, Spool, SpoolError, read_segment
 
 log = Logger()
 
@@ -52,43 +61,97 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def encode_batch(records: Iterable[dict[str, Any]]) -> str:
-    """The JSON array one INSERT takes; Decimals and UUIDs become exact strings."""
-    return json.dumps(list(records), default=_json_default, separators=(",", ":"))
+def encode_record(record: dict[str, Any]) -> str:
+    """One record as the JSON text the spool and the INSERT both use."""
+    return json.dumps(record, default=_json_default, separators=(",", ":"))
+
+
+@dataclass
+class _Batch:
+    """Records written together; C{records} is None while they are only on disk."""
+
+    segment: Segment | None
+    records: list[str] | None
+    count: int
 
 
 class LogWriter(service.Service):
-    """Queues records and writes them to PostgreSQL in batches."""
+    """Journals records and writes them to PostgreSQL in batches."""
 
     def __init__(
         self,
         db: Database,
+        spool: Spool,
         batch_size: int,
         flush_interval: float,
+        memory_limit: int = 10000,
         clock: Any = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         self._db = db
+        self._spool = spool
         self._batch_size = batch_size
         self._flush_interval = flush_interval
+        self._memory_limit = memory_limit
         self._clock = clock
-        self._pending: deque[dict[str, Any]] = deque()
-        self._flushing: defer.Deferred[None] | None = None
+        self._current: list[str] = []
+        self._batches: deque[_Batch] = deque()
+        self._in_memory = 0
+        self._writing: defer.Deferred[None] | None = None
         self._loop: task.LoopingCall | None = None
         self._warned_unavailable = False
         self.rows_written = 0
+        self.spool_failures = 0
+        self.records_dropped = 0
+        self.spool_ok = True
 
     @property
     def queued(self) -> int:
-        """Records waiting to be written (including a batch being written)."""
-        return len(self._pending)
+        """Records not yet committed (in memory or only on disk)."""
+        return len(self._current) + sum(batch.count for batch in self._batches)
+
+    def replay(self, segments: list[Segment]) -> None:
+        """Queue segments left by an earlier run (read from disk when their turn comes)."""
+        for segment in segments:
+            self._batches.append(_Batch(segment, None, segment.records))
 
     def add(self, record: dict[str, Any]) -> None:
-        """Queue one request's record; a full batch is written at once."""
-        self._pending.append(record)
-        if len(self._pending) >= self._batch_size and self._flushing is None:
-            self._write_one_batch()
+        """Journal one request's record and queue it; a full batch is written at once."""
+        line = encode_record(record)
+        try:
+            self._spool.append(line.encode("utf-8") + b"\n")
+            self.spool_ok = True
+        except SpoolError as e:
+            self.spool_failures += 1
+            if self.spool_ok or self.spool_failures % 1000 == 1:
+                log.error(
+                    "Request records cannot be journaled ({error}); keeping them in memory", error=e
+                )
+            self.spool_ok = False
+            if self._in_memory + len(self._current) >= 2 * self._memory_limit:
+                self.records_dropped += 1
+                log.critical("Dropped a request record: the spool and the memory queue are full")
+                return
+        self._current.append(line)
+        if len(self._current) >= self._batch_size:
+            self._seal()
+            self._write_next()
+
+    def _seal(self) -> None:
+        """Close the batch being filled and queue it."""
+        if not self._current:
+            return
+        records, self._current = self._current, []
+        segment = self._spool.seal()
+        if segment is not None and segment.records != len(records):
+            # Some records of this batch could not be journaled: keep all in memory.
+            segment = None
+        if segment is not None and self._in_memory + len(records) > self._memory_limit:
+            self._batches.append(_Batch(segment, None, len(records)))
+            return
+        self._in_memory += len(records)
+        self._batches.append(_Batch(segment, records, len(records)))
 
     def startService(self) -> None:
         super().startService()
@@ -97,55 +160,96 @@ class LogWriter(service.Service):
         self._loop.start(self._flush_interval, now=False)
 
     def stopService(self) -> defer.Deferred[None]:
-        """Stop the timer, then write everything still queued."""
+        """Stop the timer and write what PostgreSQL takes now; the rest stays in the spool."""
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
-        return self.flush()
+        d = self.flush(give_up_when_unavailable=True)
+        d.addBoth(lambda _: self._spool.close())
+        return d
 
     def _tick(self) -> None:
         # A LoopingCall whose function raises stops for good: never raise here.
-        if self._flushing is None and self._pending:
-            self._write_one_batch()
+        self._seal()
+        self._write_next()
 
     @defer.inlineCallbacks
-    def flush(self) -> Any:
+    def flush(self, give_up_when_unavailable: bool = False) -> Any:
         """Write every queued record; fires when they are all committed."""
-        while self._pending or self._flushing is not None:
-            if self._flushing is not None:
-                yield self._flushing
-                continue
-            before = len(self._pending)
-            yield self._write_one_batch()
-            if len(self._pending) >= before:
-                # PostgreSQL refused the batch; wait before the next attempt.
+        self._seal()
+        while self._batches or self._writing is not None:
+            if self._writing is None:
+                self._write_next()
+            before = len(self._batches)
+            yield self._writing
+            if len(self._batches) >= before and self._batches:
+                if give_up_when_unavailable:
+                    return  # the records are safe in the spool
                 yield task.deferLater(self._clock, self._flush_interval, lambda: None)
 
-    def _write_one_batch(self) -> defer.Deferred[None]:
-        count = min(len(self._pending), self._batch_size)
-        batch = [self._pending[i] for i in range(count)]
-        d = self._db.run_operation(INSERT_BATCH, (encode_batch(batch),))
-        d.addCallbacks(self._written, self._failed, callbackArgs=(count,))
-        self._flushing = d
-        return d
+    def _write_next(self) -> defer.Deferred[None]:
+        if self._writing is None and self._batches:
+            self._writing = defer.Deferred.fromCoroutine(self._write(self._batches[0]))
+            self._writing.addBoth(self._written)
+        return self._writing or defer.succeed(None)
 
-    def _written(self, _: object, count: int) -> None:
-        for _ in range(count):
-            self._pending.popleft()
-        self.rows_written += count
-        self._flushing = None
+    def _written(self, result: object) -> None:
+        self._writing = None
+
+    async def _write(self, batch: _Batch) -> None:
+        records = batch.records
+        if records is None:
+            assert batch.segment is not None
+            records = await threads.deferToThread(read_segment, batch.segment)
+        try:
+            await self._db.run_operation(INSERT_BATCH, (_array(records),))
+        except Exception as e:
+            if is_unavailable(e):
+                self._unavailable()
+                return
+            log.error("PostgreSQL refused a batch ({error}); writing it row by row", error=e)
+            await self._write_one_by_one(records)
+        self._done(batch)
+
+    def _done(self, batch: _Batch) -> None:
+        self._batches.popleft()
+        if batch.records is not None:
+            self._in_memory -= batch.count
+        if batch.segment is not None:
+            self._spool.remove(batch.segment)
+        self.rows_written += batch.count
         if self._warned_unavailable:
-            log.info("PostgreSQL is back; writing queued request records")
+            log.info("PostgreSQL is back; writing the queued request records")
             self._warned_unavailable = False
 
-    def _failed(self, failure: Any) -> None:
-        self._flushing = None
-        if is_unavailable(failure):
-            if not self._warned_unavailable:
-                log.warn(
-                    "PostgreSQL unavailable; {queued} request records wait to be written",
-                    queued=len(self._pending),
-                )
-                self._warned_unavailable = True
-            return
-        log.failure("Writing {count} request records failed", failure, count=len(self._pending))
+    def _unavailable(self) -> None:
+        if not self._warned_unavailable:
+            log.warn(
+                "PostgreSQL unavailable; {queued} request records wait in the spool",
+                queued=self.queued,
+            )
+            self._warned_unavailable = True
+
+    async def _write_one_by_one(self, records: list[str]) -> None:
+        for record in records:
+            try:
+                await self._db.run_operation(INSERT_BATCH, (_array([record]),))
+            except Exception as e:
+                if is_unavailable(e):
+                    raise
+                self._reject(record, str(e))
+
+    def _reject(self, record: str, error: str) -> None:
+        """Keep a record PostgreSQL will not take, with the reason, for a human to look at."""
+        path = os.path.join(self._spool.directory, "rejected.jsonl")
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"error": error, "record": json.loads(record)}) + "\n")
+        log.error(
+            "A request record was refused by PostgreSQL and kept in {path}: {error}",
+            path=path,
+            error=error,
+        )
+
+
+def _array(records: list[str]) -> str:
+    return "[" + ",".join(records) + "]"

@@ -17,13 +17,13 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from treq.client import HTTPClient
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.internet.error import ConnectError, ConnectionRefusedError, DNSLookupError
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
-from twisted.web.client import ResponseDone, ResponseFailed
+from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from twisted.web.resource import Resource
@@ -90,6 +90,7 @@ class Gateway:
     writer: Any  # object with .add(record)
     clock: Any
     response_timeout: float
+    idle_timeout: float
 
 
 def _forwardable(headers: Headers) -> Headers:
@@ -129,11 +130,30 @@ class ProxyResource(Resource):
         self._gateway = gateway
         # Requests whose model had no price, by (provider, model): their cost is NULL.
         self.unpriced: Counter[tuple[str, str]] = Counter()
+        self.in_flight = 0
+        self._idle_waiters: list[defer.Deferred[None]] = []
 
     def render(self, request: Request) -> Any:
+        self.in_flight += 1
         d = defer.Deferred.fromCoroutine(self._proxy(request))
         d.addErrback(self._internal_error, request)
+        d.addBoth(self._request_done)
         return NOT_DONE_YET
+
+    def _request_done(self, _: object) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def drained(self) -> defer.Deferred[None]:
+        """Fires when no request is in flight (now, or when the last one ends)."""
+        if self.in_flight == 0:
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter
 
     def _internal_error(self, failure: Failure, request: Request) -> None:
         log.failure("Proxying {uri} failed", failure, uri=request.path)
@@ -160,7 +180,12 @@ class ProxyResource(Resource):
         if not key:
             self._reject(request, provider, 401, "Missing X-Majordomo-Key header")
             return
-        key_id = await gateway.authenticate(hash_key(key))
+        try:
+            key_id = await gateway.authenticate(hash_key(key))
+        except Exception as e:
+            log.warn("Cannot check an API key now: {error}", error=e)
+            self._reject(request, provider, 503, "The key store is unavailable; try again shortly")
+            return
         if key_id is None:
             self._reject(request, provider, 401, "Invalid or revoked X-Majordomo-Key")
             return
@@ -215,16 +240,21 @@ class ProxyResource(Resource):
             usage_requested=may_ask or provider not in (providers.OPENAI, providers.AZURE),
         )
         relay = _BodyRelay(
-            request, client, parser, UsageChunkFilter() if strip_usage_chunk else None
+            request,
+            client,
+            parser,
+            UsageChunkFilter() if strip_usage_chunk else None,
+            idle_timeout=gateway.idle_timeout,
+            clock=gateway.clock,
         )
         response.deliverBody(relay)
         complete = await relay.done
-        if not client.gone:
-            request.finish()
         usage = parser.finish(complete=complete)
         cost = gateway.prices.book.cost(provider, usage)
         if not cost.priced and usage.model and usage.input_tokens:
             self._note_unpriced(provider, usage.model)
+        # Journaled before the client sees the end of the response: a client
+        # that got a whole answer always has its row, even if we crash now.
         gateway.writer.add(
             record.finish(
                 now=gateway.clock.seconds(),
@@ -235,6 +265,14 @@ class ProxyResource(Resource):
                 error_message=relay.error_message,
             )
         )
+        if client.gone:
+            return
+        if complete:
+            request.finish()
+        else:
+            # The upstream broke off: end the connection without the final
+            # chunk, so the client sees an incomplete response, not a short one.
+            request.channel.transport.loseConnection()  # type: ignore[union-attr]
 
     def _note_unpriced(self, provider: str, model: str) -> None:
         """Count a request we could not price; warn on the first of each model."""
@@ -270,7 +308,10 @@ class ProxyResource(Resource):
                 CLIENT_CLOSED_REQUEST,
                 "Client disconnected before the upstream answered",
             )
-        elif failure.check(defer.CancelledError, defer.TimeoutError):
+        elif failure.check(error.TimeoutError):
+            status, message = 504, "Connecting to the upstream provider timed out"
+            maybe_billed = False
+        elif _timed_out(failure):
             status, message = 504, "The upstream provider did not answer in time"
         elif failure.check(ConnectError, ConnectionRefusedError, DNSLookupError):
             status, message = 502, "The upstream provider could not be reached"
@@ -295,6 +336,16 @@ class ProxyResource(Resource):
         )
         if not client.gone:
             self._reject(request, record.provider, status, message)
+
+
+def _timed_out(failure: Failure) -> bool:
+    """A request treq cancelled at upstream.response_timeout."""
+    if failure.check(defer.CancelledError, defer.TimeoutError):
+        return True
+    if failure.check(ResponseNeverReceived):
+        reasons = getattr(failure.value, "reasons", [])
+        return any(reason.check(defer.CancelledError) for reason in reasons)
+    return False
 
 
 def _json_or_none(body: bytes) -> Any:
@@ -350,13 +401,27 @@ class _BodyRelay(Protocol):
         client: _ClientWatch,
         parser: Any,
         usage_filter: UsageChunkFilter | None,
+        idle_timeout: float,
+        clock: Any,
     ) -> None:
         self._request = request
         self._client = client
         self._parser = parser
         self._filter = usage_filter
+        self._idle_timeout = idle_timeout
+        self._idle: Any = clock.callLater(idle_timeout, self._went_idle)
         self.done: defer.Deferred[bool] = defer.Deferred()
         self.error_message: str | None = None
+
+    def _went_idle(self) -> None:
+        """The upstream sent nothing for idle_timeout seconds: cut it off."""
+        self._idle = None
+        self.error_message = (
+            f"Upstream sent nothing for {self._idle_timeout:g}s (upstream.idle_timeout); "
+            "response cut"
+        )
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
 
     def connectionMade(self) -> None:
         if self._client.gone:
@@ -367,6 +432,8 @@ class _BodyRelay(Protocol):
         self._client.relaying(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
+        if self._idle is not None:
+            self._idle.reset(self._idle_timeout)
         self._parser.feed(data)
         if self._client.gone:
             return
@@ -376,6 +443,9 @@ class _BodyRelay(Protocol):
             self._request.write(data)
 
     def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         if self._client.gone:
             self.error_message = "Client disconnected before the response was complete"
         else:

@@ -9,6 +9,7 @@ flush the log writer, then close the database and the upstream pool.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from treq.client import HTTPClient
@@ -24,10 +25,12 @@ from majordomo.config import Config
 from majordomo.db import Database
 from majordomo.health import Health, Ready
 from majordomo.keys import KeyStore
+from majordomo.limits import BoundedRequestFactory
 from majordomo.logwriter import LogWriter
 from majordomo.pricing_refresh import PricingService
 from majordomo.pricing_show import configured_book
 from majordomo.proxy import Gateway, ProxyResource
+from majordomo.spool import Spool, SpoolError
 
 log = Logger()
 
@@ -47,9 +50,21 @@ class _Root(Resource):
 
 
 class _QuietSite(Site):
-    """A Site that leaves request logging to the gateway (no access log lines)."""
+    """
+    A Site that leaves request logging to the gateway (no access log lines)
+    and knows its open connections, so shutdown can close them.
+    """
 
     noisy = False
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource)
+        self.connections: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        self.connections.add(channel)
+        return channel
 
     def log(self, request: Any) -> None:
         pass
@@ -72,13 +87,15 @@ class GatewayService(service.MultiService):
             refresh_interval=config.pricing.refresh_interval,
             clock=reactor,
         )
+        self.spool = Spool(config.storage.spool_path(), config.storage.spool_max_bytes)
         self.writer = LogWriter(
             self.db,
+            self.spool,
             batch_size=config.storage.batch_size,
             flush_interval=config.storage.flush_interval,
+            memory_limit=config.storage.memory_queue_limit,
             clock=reactor,
         )
-        self.writer.setServiceParent(self)
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = config.upstream.max_connections_per_host
         self._pool.retryAutomatically = False  # POST is never safe to replay
@@ -92,21 +109,37 @@ class GatewayService(service.MultiService):
                 writer=self.writer,
                 clock=reactor,
                 response_timeout=config.upstream.response_timeout,
+                idle_timeout=config.upstream.idle_timeout,
             )
         )
-        self.site = _QuietSite(_Root(self.proxy, Ready(self._readiness_problem)))
+        self.site = _QuietSite(_Root(self.proxy, Ready(self._readiness)))
+        self.site.requestFactory = BoundedRequestFactory(
+            config.server.max_body_size, config.server.body_timeout, clock=reactor
+        )
         self.port: Any = None
 
-    def _readiness_problem(self) -> str | None:
-        if not self.db.available:
-            return "PostgreSQL is not reachable"
-        return None
+    def _readiness(self) -> tuple[str | None, dict[str, Any]]:
+        """Ready while records can be journaled; PostgreSQL may be away meanwhile."""
+        details = {
+            "postgres": "reachable" if self.db.available else "unreachable",
+            "spooled_records": self.writer.queued,
+        }
+        if not self.spool.writable() or not self.writer.spool_ok:
+            return "request records cannot be journaled (spool full or not writable)", details
+        return None, details
 
     @defer.inlineCallbacks
     def startService(self) -> Any:
         host, port = self.config.server.host, self.config.server.port
         log.info("Starting Majordomo Gateway on {host}:{port}", host=host, port=port)
         super().startService()
+        try:
+            self.writer.replay(self.spool.open())
+        except SpoolError as e:
+            log.critical("Cannot start: {error} (storage.spool_dir)", error=e)
+            self._reactor.stop()
+            return
+        self.writer.startService()
         endpoint_type = TCP6ServerEndpoint if ":" in host else TCP4ServerEndpoint
         try:
             self.port = yield endpoint_type(self._reactor, port, interface=host).listen(self.site)
@@ -121,10 +154,33 @@ class GatewayService(service.MultiService):
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
+        """
+        Stop in order: stop accepting, let in-flight requests finish (up to
+        server.shutdown_timeout), close client connections, write what
+        PostgreSQL takes (the rest stays journaled for the next start), close.
+        """
         if self.port is not None:
             yield self.port.stopListening()
+        if self.proxy.in_flight:
+            log.info("Waiting for {n} requests in flight", n=self.proxy.in_flight)
+        yield _bounded(self.proxy.drained(), self.config.server.shutdown_timeout, self._reactor)
+        for channel in list(self.site.connections):
+            if channel.transport is not None:
+                channel.transport.loseConnection()
         if self.pricing.running:
             yield self.pricing.stopService()
-        yield super().stopService()  # the log writer flushes everything queued
+        yield super().stopService()
+        if self.writer.running:
+            yield _bounded(self.writer.stopService(), 10.0, self._reactor)
+        if self.writer.queued:
+            log.info(
+                "{n} request records stay in the spool for the next start", n=self.writer.queued
+            )
         self.db.close()
         yield self._pool.closeCachedConnections()
+
+
+def _bounded(d: defer.Deferred[Any], seconds: float, reactor: Any) -> defer.Deferred[Any]:
+    """C{d}, or nothing after C{seconds}: shutdown must not hang."""
+    d.addTimeout(seconds, reactor)
+    return d.addErrback(lambda f: f.trap(defer.TimeoutError, defer.CancelledError))

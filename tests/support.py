@@ -10,6 +10,7 @@ import gzip
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -81,6 +82,8 @@ def test_env(**extra: str) -> dict[str, str]:
     """Environment for a gateway or CLI process pointed at the test database."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAJORDOMO_")}
     env.update(
+        # Each gateway or command gets a spool of its own, so no test replays another's.
+        MAJORDOMO_STORAGE_SPOOL_DIR=tempfile.mkdtemp(prefix="majordomo-spool-"),
         MAJORDOMO_STORAGE_POSTGRES_HOST=PG_HOST,
         MAJORDOMO_STORAGE_POSTGRES_PORT=str(PG_PORT),
         MAJORDOMO_STORAGE_POSTGRES_USER=PG_USER,

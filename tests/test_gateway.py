@@ -416,24 +416,47 @@ class HealthTests(GatewayTestCase):
         return support.as_deferred(go())
 
     def test_readyz(self) -> defer.Deferred[None]:
-        """GET /readyz is 200 {"status": "ok"} while PostgreSQL is reachable."""
+        """GET /readyz is 200 and says PostgreSQL is reachable and nothing waits in the spool."""
 
         async def go() -> None:
             response = await self.http.get(self.url + "/readyz")
             self.assertEqual(response.code, 200)
-            self.assertEqual(json.loads(await treq.content(response)), {"status": "ok"})
+            self.assertEqual(
+                json.loads(await treq.content(response)),
+                {"status": "ok", "postgres": "reachable", "spooled_records": 0},
+            )
 
         return support.as_deferred(go())
 
-    def test_readyz_503_without_postgres(self) -> defer.Deferred[None]:
-        """GET /readyz is 503 with the reason when PostgreSQL cannot be reached."""
+    def test_readyz_without_postgres(self) -> defer.Deferred[None]:
+        """
+        Without PostgreSQL the gateway still journals traffic, so /readyz stays
+        200, says PostgreSQL is unreachable, and counts the waiting records.
+        """
 
         async def go() -> None:
+            await self.post("/v1/chat/completions", b"{}", X_Majordomo_Key=self.key)
+            await self.rows()  # the key is now cached, the first row written
             self.gateway.db.close()
+            response, _ = await self.post("/v1/chat/completions", b"{}", X_Majordomo_Key=self.key)
+            self.assertEqual(response.code, 200)
+            response = await self.http.get(self.url + "/readyz")
+            self.assertEqual(response.code, 200)
+            body = json.loads(await treq.content(response))
+            self.assertEqual(body["postgres"], "unreachable")
+            self.assertEqual(body["spooled_records"], 1)
+
+        return support.as_deferred(go())
+
+    def test_readyz_503_when_spool_full(self) -> defer.Deferred[None]:
+        """When records can no longer be journaled (spool full), /readyz is 503 with the reason."""
+
+        async def go() -> None:
+            self.gateway.spool.max_bytes = 0
             response = await self.http.get(self.url + "/readyz")
             self.assertEqual(response.code, 503)
             body = json.loads(await treq.content(response))
             self.assertEqual(body["status"], "unavailable")
-            self.assertIn("PostgreSQL", body["reason"])
+            self.assertIn("spool full", body["reason"])
 
         return support.as_deferred(go())
