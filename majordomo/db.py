@@ -43,12 +43,12 @@ class DatabaseUnavailable(Exception):
     """PostgreSQL did not answer within the allowed time."""
 
 
-def _reconnection_delays() -> Any:
+def reconnection_delays() -> Any:
     """Reconnect quickly first (a restart takes about a second), then back off."""
     return iter(itertools.chain([0.1, 0.25, 0.5], itertools.repeat(1.0)))
 
 
-class _Detector(reconnection.DeadConnectionDetector):
+class Detector(reconnection.DeadConnectionDetector):
     """
     txpostgres' detector, plus a way to stop reconnecting when we close: the
     stock one keeps retrying forever and cannot be told to give up.
@@ -79,6 +79,22 @@ class _Detector(reconnection.DeadConnectionDetector):
                 reconnecting.cancel()
 
 
+class Connection(txpostgres.Connection):
+    """
+    A txpostgres connection that treats the server hanging up on an idle
+    connection (restart, C{pg_terminate_backend}) as a lost connection, so its
+    detector reconnects; stock txpostgres lets the error escape to the
+    reactor as an "Unhandled Error".
+    """
+
+    def doRead(self) -> None:
+        try:
+            super().doRead()
+        except psycopg2.Error:
+            self.reactor.removeWriter(self)
+            self.connectionLost(Failure())
+
+
 class Database:
     """
     A pool of txpostgres connections with reconnection and bounded retries.
@@ -107,8 +123,8 @@ class Database:
         self._closed = False
 
     def _new_connection(self) -> txpostgres.Connection:
-        detector = _Detector(reconnectionIterator=_reconnection_delays, reactor=self._reactor)
-        connection = txpostgres.Connection(reactor=self._reactor, detector=detector)
+        detector = Detector(reconnectionIterator=reconnection_delays, reactor=self._reactor)
+        connection = Connection(reactor=self._reactor, detector=detector)
         detector.addRecoveryHandler(lambda: self._on_recovered(connection))
         return connection
 

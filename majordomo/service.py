@@ -18,14 +18,16 @@ from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from majordomo.config import Config
 from majordomo.db import Database
 from majordomo.health import Health, Ready
+from majordomo.keycache import KeyCache
 from majordomo.keys import KeyStore
-from majordomo.limits import BoundedRequestFactory
+from majordomo.limits import limit_request_bodies
 from majordomo.logwriter import LogWriter
 from majordomo.pricing_refresh import PricingService
 from majordomo.pricing_show import configured_book
@@ -56,6 +58,7 @@ class _QuietSite(Site):
     """
 
     noisy = False
+    protocol = HTTPChannel  # type: ignore[assignment]  # HTTP/1.1; shutdown closes its transport
 
     def __init__(self, resource: Resource) -> None:
         super().__init__(resource)
@@ -81,6 +84,7 @@ class GatewayService(service.MultiService):
         self._reactor = reactor
         self.db = Database(config.storage.postgres, reactor=reactor)
         self.keys = KeyStore(self.db)
+        self.key_cache = KeyCache(self.db, config.storage.postgres, reactor=reactor)
         self.pricing = PricingService(
             configured_book(config),
             remote_url=config.pricing.remote_url,
@@ -102,7 +106,7 @@ class GatewayService(service.MultiService):
         agent = Agent(reactor, connectTimeout=config.upstream.connect_timeout, pool=self._pool)
         self.proxy = ProxyResource(
             Gateway(
-                authenticate=self.keys.find_active,
+                authenticate=self.key_cache.authenticate,
                 base_url=config.providers.base_url,
                 http_client=HTTPClient(agent),
                 prices=self.pricing,
@@ -113,8 +117,8 @@ class GatewayService(service.MultiService):
             )
         )
         self.site = _QuietSite(_Root(self.proxy, Ready(self._readiness)))
-        self.site.requestFactory = BoundedRequestFactory(
-            config.server.max_body_size, config.server.body_timeout, clock=reactor
+        limit_request_bodies(
+            self.site, config.server.max_body_size, config.server.body_timeout, clock=reactor
         )
         self.port: Any = None
 
@@ -149,6 +153,7 @@ class GatewayService(service.MultiService):
             return
         yield self.db.start()
         log.info("Connected to PostgreSQL")
+        self.key_cache.start()  # not waited for: lookups use PostgreSQL until it listens
         self.pricing.startService()
         log.info("Pricing data loaded ({count} models)", count=len(self.pricing.book))
 
@@ -176,6 +181,7 @@ class GatewayService(service.MultiService):
             log.info(
                 "{n} request records stay in the spool for the next start", n=self.writer.queued
             )
+        self.key_cache.stop()
         self.db.close()
         yield self._pool.closeCachedConnections()
 
