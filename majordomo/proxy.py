@@ -192,17 +192,8 @@ class ProxyResource(Resource):
 
         body = request.content.read() if request.content is not None else b""
         facts = providers.request_facts(provider, uri, _json_or_none(body))
-        record = RequestRecord.start(
-            request_id=uuid7(arrived),
-            arrived=arrived,
-            key_id=key_id,
-            provider=provider,
-            method=request.method.decode("ascii"),
-            path=providers.redact_path(uri),
-            model_requested=facts.model,
-            provider_key_hash=providers.hash_secret(
-                providers.provider_secret(provider, headers, query)
-            ),
+        record = _new_record(
+            arrived, key_id, provider, request.method.decode("ascii"), uri, headers, facts.model
         )
 
         may_ask = _may_ask_for_usage(provider, uri.split("?")[0], query)
@@ -274,6 +265,33 @@ class ProxyResource(Resource):
             # chunk, so the client sees an incomplete response, not a short one.
             request.channel.transport.loseConnection()  # type: ignore[union-attr]
 
+    def record_rejection(
+        self, request_headers: Headers, method: str, uri: str, status: int, message: str
+    ) -> None:
+        """
+        Write the row of a request refused before it reached the proxy (413
+        body too large, 408 body too slow), if it carried a valid key.
+        """
+        d = defer.Deferred.fromCoroutine(
+            self._record_rejection(request_headers, method, uri, status, message)
+        )
+        d.addErrback(lambda f: log.failure("Recording a rejected request failed", f))
+
+    async def _record_rejection(
+        self, request_headers: Headers, method: str, uri: str, status: int, message: str
+    ) -> None:
+        gateway = self._gateway
+        arrived = gateway.clock.seconds()
+        headers = _header_map(request_headers)
+        key = headers.get("x-majordomo-key")
+        key_id = await gateway.authenticate(hash_key(key)) if key else None
+        if key_id is None:
+            return
+        chosen = headers.get("x-majordomo-provider", "").strip().lower()
+        provider = chosen if chosen in providers.PROVIDERS else providers.detect_provider(uri)
+        record = _new_record(arrived, key_id, provider, method, uri, headers, None)
+        gateway.writer.add(record.failed(now=arrived, status_code=status, message=message))
+
     def _note_unpriced(self, provider: str, model: str) -> None:
         """Count a request we could not price; warn on the first of each model."""
         self.unpriced[provider, model] += 1
@@ -336,6 +354,31 @@ class ProxyResource(Resource):
         )
         if not client.gone:
             self._reject(request, record.provider, status, message)
+
+
+def _new_record(
+    arrived: float,
+    key_id: str,
+    provider: str,
+    method: str,
+    uri: str,
+    headers: dict[str, str],
+    model: str | None,
+) -> RequestRecord:
+    """The record of a request just authenticated; secrets only as hashes or redacted."""
+    query = uri.split("?", 1)[1] if "?" in uri else ""
+    return RequestRecord.start(
+        request_id=uuid7(arrived),
+        arrived=arrived,
+        key_id=key_id,
+        provider=provider,
+        method=method,
+        path=providers.redact_path(uri),
+        model_requested=model,
+        provider_key_hash=providers.hash_secret(
+            providers.provider_secret(provider, headers, query)
+        ),
+    )
 
 
 def _timed_out(failure: Failure) -> bool:

@@ -118,7 +118,11 @@ class GatewayService(service.MultiService):
         )
         self.site = _QuietSite(_Root(self.proxy, Ready(self._readiness)))
         limit_request_bodies(
-            self.site, config.server.max_body_size, config.server.body_timeout, clock=reactor
+            self.site,
+            config.server.max_body_size,
+            config.server.body_timeout,
+            clock=reactor,
+            on_rejected=self.proxy.record_rejection,
         )
         self.port: Any = None
 

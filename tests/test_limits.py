@@ -120,6 +120,10 @@ class WireLimitTests(GatewayTestCase):
             self.assertEqual(set(error), {"message", "type", "param", "code"})
             self.assertIn("1000 bytes", error["message"])
             self.assertEqual(self.upstream.received, [])
+            (row,) = await self.rows()  # the request is accounted for, at no cost
+            self.assertEqual((row["status_code"], row["usage_status"]), (413, "error_not_billed"))
+            self.assertEqual(row["majordomo_api_key_id"], self.key_id)
+            self.assertIn("1000 bytes", row["error_message"])
 
         return support.as_deferred(go())
 
@@ -256,6 +260,8 @@ class WireLimitTests(GatewayTestCase):
             self.assertGreaterEqual(elapsed, TIMEOUT - 0.05)
             self.assertLess(elapsed, TIMEOUT + 2)
             self.assertEqual(self.upstream.received, [])
+            (row,) = await self.rows()
+            self.assertEqual(row["status_code"], 408)
 
         return support.as_deferred(go())
 
