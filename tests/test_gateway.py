@@ -449,7 +449,11 @@ class HealthTests(GatewayTestCase):
         return support.as_deferred(go())
 
     def test_readyz_503_when_spool_full(self) -> defer.Deferred[None]:
-        """When records can no longer be journaled (spool full), /readyz is 503 with the reason."""
+        """
+        When records can no longer be journaled (spool full), /readyz is 503
+        with the reason; requests are still served, their rows still written
+        (from memory), and the failure is logged and counted.
+        """
 
         async def go() -> None:
             self.gateway.spool.max_bytes = 0
@@ -458,5 +462,15 @@ class HealthTests(GatewayTestCase):
             body = json.loads(await treq.content(response))
             self.assertEqual(body["status"], "unavailable")
             self.assertIn("spool full", body["reason"])
+            with capturedLogs() as events:
+                response, _ = await self.post(
+                    "/v1/chat/completions", GUIDE_BODY, X_Majordomo_Key=self.key
+                )
+            self.assertEqual(response.code, 200)
+            (row,) = await self.rows()
+            self.assertEqual(row["input_tokens"], 19)
+            self.assertEqual(self.gateway.writer.spool_failures, 1)
+            errors = [formatEvent(e) for e in events if e["log_level"] >= LogLevel.error]
+            self.assertTrue(any("cannot be journaled" in e for e in errors), errors)
 
         return support.as_deferred(go())
