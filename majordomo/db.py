@@ -90,7 +90,7 @@ class Connection(txpostgres.Connection):
     def doRead(self) -> None:
         try:
             super().doRead()
-        except psycopg2.Error:
+        except (psycopg2.Error, ValueError):  # ValueError: the socket is already gone (fd -1)
             self.reactor.removeWriter(self)
             self.connectionLost(Failure())
 

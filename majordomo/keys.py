@@ -39,7 +39,7 @@ def hash_key(plaintext: str) -> str:
 class ApiKey:
     """One row of C{api_keys}; never holds the plaintext key."""
 
-    id: uuid.UUID
+    id: str  # a UUID, as text
     name: str
     description: str | None
     is_active: bool

@@ -144,10 +144,10 @@ class LogWriter(service.Service):
             return
         records, self._current = self._current, []
         segment = self._spool.seal()
-        if segment is not None and segment.records != len(records):
-            # Some records of this batch could not be journaled: keep all in memory.
-            segment = None
-        if segment is not None and self._in_memory + len(records) > self._memory_limit:
+        # A batch only partly journaled (spool full) must stay in memory whole;
+        # its segment is still removed once the batch commits.
+        partly = segment is None or segment.records != len(records)
+        if not partly and self._in_memory + len(records) > self._memory_limit:
             self._batches.append(_Batch(segment, None, len(records)))
             return
         self._in_memory += len(records)
@@ -180,9 +180,9 @@ class LogWriter(service.Service):
         while self._batches or self._writing is not None:
             if self._writing is None:
                 self._write_next()
-            before = len(self._batches)
+            written = self.rows_written
             yield self._writing
-            if len(self._batches) >= before and self._batches:
+            if self.rows_written == written and self._batches:
                 if give_up_when_unavailable:
                     return  # the records are safe in the spool
                 yield task.deferLater(self._clock, self._flush_interval, lambda: None)
