@@ -147,6 +147,28 @@ class PricingConfig:
     overrides_file: str = _setting("")
 
 
+def _body_storage(value: str) -> str | None:
+    return None if value in ("none", "s3", "postgres") else "must be none, s3 or postgres"
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    body_storage: str = _setting("none", _body_storage)
+    max_body_size: int = _setting(1024 * 1024, _positive)  # bytes kept per body (postgres)
+
+
+@dataclass(frozen=True)
+class S3Config:
+    enabled: bool = _setting(False)
+    bucket: str = _setting("")
+    region: str = _setting("us-east-1")
+    endpoint: str = _setting("", _url)  # S3-compatible storage (MinIO, R2, ...); "" = AWS
+    # Empty: the AWS default credential chain (env, profile, instance role).
+    access_key_id: str = field(default="", repr=False, metadata={"check": None})
+    secret_access_key: str = field(default="", repr=False, metadata={"check": None})
+    upload_threads: int = _setting(4, _positive)
+
+
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig = _section(ServerConfig)
@@ -154,6 +176,12 @@ class Config:
     providers: ProvidersConfig = _section(ProvidersConfig)
     upstream: UpstreamConfig = _section(UpstreamConfig)
     pricing: PricingConfig = _section(PricingConfig)
+    logging: LoggingConfig = _section(LoggingConfig)
+    s3: S3Config = _section(S3Config)
+
+    def __post_init__(self) -> None:
+        if self.logging.body_storage == "s3" and not (self.s3.enabled and self.s3.bucket):
+            raise ConfigError("logging.body_storage: s3 needs s3.enabled: true and an s3.bucket")
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
