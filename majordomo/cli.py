@@ -141,6 +141,36 @@ class PricingOptions(usage.Options):
             raise usage.UsageError("pricing needs a subcommand: show")
 
 
+class _MetadataKeyOptions(_CommandOptions):
+    optParameters = _CommandOptions.optParameters + [
+        ["key-id", "k", None, "The API key id (required)."]
+    ]
+
+    def postOptions(self) -> None:
+        if not self["key-id"]:
+            raise usage.UsageError("--key-id is required")
+
+
+class _MetadataNameOptions(_MetadataKeyOptions):
+    synopsis = "--key-id ID NAME"
+
+    def parseArgs(self, name: str) -> None:  # type: ignore[override]
+        self["name"] = name
+
+
+class MetadataOptions(usage.Options):
+    synopsis = "list|activate|deactivate --key-id ID [NAME]"
+    subCommands = [
+        ["list", None, _MetadataKeyOptions, "Metadata names a key's requests carry."],
+        ["activate", None, _MetadataNameOptions, "Copy NAME into indexed_metadata."],
+        ["deactivate", None, _MetadataNameOptions, "Stop copying NAME into indexed_metadata."],
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("metadata needs a subcommand: " + self.synopsis)
+
+
 class RepriceOptions(_CommandOptions):
     synopsis = "[--since YYYY-MM-DD] [--model MODEL]"
     description = "Recompute stored costs with the current prices (idempotent)."
@@ -167,6 +197,7 @@ class Options(_CommandOptions):
         ["db", None, DbOptions, "Manage the database."],
         ["pricing", None, PricingOptions, "Inspect price data."],
         ["reprice", None, RepriceOptions, "Recompute stored costs with current prices."],
+        ["metadata", None, MetadataOptions, "See and index X-Majordomo-* metadata names."],
     ]
 
     def postOptions(self) -> None:
@@ -223,11 +254,16 @@ async def _keys_list(store: KeyStore, options: Any, out: TextIO) -> int:
                 _format_time(key.created_at),
             )
         )
+    _write_table(rows, out)
+    return 0
+
+
+def _write_table(rows: Sequence[tuple[str, ...]], out: TextIO) -> None:
+    """Rows as aligned columns, the first row being the header."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         out.write("  ".join(cells).rstrip() + "\n")
-    return 0
 
 
 def _describe_key(key: ApiKey, out: TextIO) -> None:
@@ -312,6 +348,43 @@ async def _reprice(reactor: Any, config: Config, options: Any, out: TextIO) -> i
     return 0
 
 
+async def _metadata(reactor: Any, config: Config, options: Any, out: TextIO) -> int:
+    from majordomo.keys import MetadataRegistry
+    from majordomo.metadata import canonical, distinct_estimate
+
+    sub = options.subOptions
+    db = Database(config.storage.postgres, reactor=reactor, pool_size=1)
+    try:
+        await db.connect_once()
+        registry = MetadataRegistry(db)
+        if options.subCommand == "list":
+            names = await registry.list(sub["key-id"])
+            if not names:
+                out.write("No metadata seen on this key's requests yet.\n")
+                return 0
+            rows = [("NAME", "INDEXED", "REQUESTS", "DISTINCT VALUES (approx.)", "LAST SEEN")]
+            rows += [
+                (
+                    m.name,
+                    "yes" if m.is_active else "no",
+                    str(m.request_count),
+                    str(distinct_estimate(m.hll)),
+                    _format_time(m.last_seen_at),
+                )
+                for m in names
+            ]
+            _write_table(rows, out)
+            return 0
+        active = options.subCommand == "activate"
+        await registry.set_active(sub["key-id"], sub["name"], active)
+        state = "now copied into" if active else "no longer copied into"
+        name, key_id = canonical(sub["name"]), sub["key-id"]
+        out.write(f"Metadata {name} is {state} indexed_metadata for key {key_id}.\n")
+        return 0
+    finally:
+        db.close()
+
+
 def _serve(config_path: str | None) -> None:
     """Hand over to twistd in the foreground, with plain console log lines."""
     from twisted.scripts import twistd
@@ -331,6 +404,7 @@ _COMMANDS: dict[str, Command] = {
     "db": _db,
     "pricing": _pricing,
     "reprice": _reprice,
+    "metadata": _metadata,
 }
 
 

@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 
 from majordomo.config import PostgresConfig
 from majordomo.db import Connection, Database, Detector, reconnection_delays
-from majordomo.keys import KEYS_CHANNEL, KeyStore
+from majordomo.keys import KEYS_CHANNEL, ActiveKey, KeyStore
 
 log = Logger()
 
@@ -70,7 +70,7 @@ class KeyCache:
         self._params = postgres_config.dsn_parameters()
         self._params["application_name"] = LISTENER_APPLICATION_NAME
         self._max_entries = max_entries
-        self._ids: OrderedDict[str, Any] = OrderedDict()  # key hash -> key id, LRU first
+        self._ids: OrderedDict[str, ActiveKey] = OrderedDict()  # key hash -> key, LRU first
         self._hashes: dict[str, str] = {}  # str(key id) -> key hash
         # Bumped by every NOTIFY and every change of trust: a lookup that
         # raced one of them is answered but not cached.
@@ -103,7 +103,7 @@ class KeyCache:
         return len(self._ids)
 
     def authenticate(self, key_hash: str) -> defer.Deferred[Any]:
-        """The id of the active key with this hash, or None (as L{KeyStore.find_active})."""
+        """The L{ActiveKey} with this hash, or None (as L{KeyStore.find_active})."""
         if self._listening:
             key_id = self._ids.get(key_hash)
             if key_id is not None:
@@ -114,14 +114,14 @@ class KeyCache:
         d.addCallback(self._learned, key_hash, generation)
         return d
 
-    def _learned(self, key_id: Any, key_hash: str, generation: int | None) -> Any:
-        if key_id is not None and self._listening and generation == self._generation:
-            self._ids[key_hash] = key_id
-            self._hashes[str(key_id)] = key_hash
+    def _learned(self, key: ActiveKey | None, key_hash: str, generation: int | None) -> Any:
+        if key is not None and self._listening and generation == self._generation:
+            self._ids[key_hash] = key
+            self._hashes[key.id] = key_hash
             while len(self._ids) > self._max_entries:
                 _, evicted = self._ids.popitem(last=False)
-                self._hashes.pop(str(evicted), None)
-        return key_id
+                self._hashes.pop(evicted.id, None)
+        return key
 
     def _forget_all(self) -> None:
         self._generation += 1

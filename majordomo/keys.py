@@ -19,6 +19,7 @@ from typing import Any
 from twisted.internet import defer
 
 from majordomo.db import Database
+from majordomo.metadata import canonical
 
 KEY_PREFIX = "mdm_sk_"
 # Every gateway LISTENs on this channel; `keys revoke` NOTIFYs it.
@@ -54,6 +55,15 @@ _COLUMNS = (
     "id, name, description, is_active, created_at, updated_at, revoked_at, "
     "last_used_at, request_count"
 )
+
+
+@dataclass(frozen=True)
+class ActiveKey:
+    """What the gateway needs to know about the key a request presents."""
+
+    id: str
+    # Metadata names copied into indexed_metadata (`majordomo metadata activate`).
+    indexed_metadata: frozenset[str] = frozenset()
 
 
 def _row_to_key(row: Any) -> ApiKey:
@@ -131,13 +141,62 @@ class KeyStore:
 
     @defer.inlineCallbacks
     def find_active(self, key_hash: str) -> Any:
-        """The id of the active key with this hash, or None."""
+        """The L{ActiveKey} with this hash, or None."""
         rows = yield self._db.run_query(
-            "SELECT id FROM api_keys WHERE key_hash = %s AND is_active",
+            "SELECT id::text, ARRAY(SELECT key_name FROM llm_requests_metadata_keys m "
+            "WHERE m.majordomo_api_key_id = api_keys.id AND m.is_active) "
+            "FROM api_keys WHERE key_hash = %s AND is_active",
             (key_hash,),
             retry_for=2.0,
         )
-        return rows[0][0] if rows else None
+        return ActiveKey(rows[0][0], frozenset(rows[0][1])) if rows else None
+
+
+@dataclass(frozen=True)
+class MetadataKey:
+    """One metadata name seen on a key's requests (llm_requests_metadata_keys)."""
+
+    name: str
+    is_active: bool
+    request_count: int
+    last_seen_at: datetime | None
+    hll: list[int] | None
+
+
+class MetadataRegistry:
+    """The metadata names each key has used, and which are indexed."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    @defer.inlineCallbacks
+    def list(self, key_id: str) -> Any:
+        """Every metadata name of a key, most used first."""
+        yield KeyStore(self._db).get(key_id)  # KeyNotFound for an unknown key
+        rows = yield self._db.run_query(
+            "SELECT key_name, is_active, request_count, last_seen_at, hll "
+            "FROM llm_requests_metadata_keys WHERE majordomo_api_key_id = %s "
+            "ORDER BY request_count DESC, key_name",
+            (_as_uuid(key_id),),
+        )
+        return [MetadataKey(*row) for row in rows]
+
+    @defer.inlineCallbacks
+    def set_active(self, key_id: str, name: str, active: bool) -> Any:
+        """
+        Index (or stop indexing) a metadata name for a key, even one not seen
+        yet; every running gateway applies it from its next request on (the
+        key's cache entry is dropped through the same NOTIFY as a revocation).
+        """
+        yield KeyStore(self._db).get(key_id)
+        yield self._db.run_query(
+            "WITH changed AS ("
+            " INSERT INTO llm_requests_metadata_keys (majordomo_api_key_id, key_name, is_active)"
+            " VALUES (%s, %s, %s) ON CONFLICT (majordomo_api_key_id, key_name)"
+            " DO UPDATE SET is_active = excluded.is_active RETURNING majordomo_api_key_id)"
+            " SELECT pg_notify(%s, majordomo_api_key_id::text) FROM changed",
+            (_as_uuid(key_id), canonical(name), active, KEYS_CHANNEL),
+        )
 
 
 def _as_uuid(key_id: str) -> str:

@@ -29,7 +29,7 @@ from twisted.web.iweb import IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from majordomo import providers
+from majordomo import metadata, providers
 from majordomo.ids import uuid7
 from majordomo.keys import hash_key
 from majordomo.record import CLIENT_CLOSED_REQUEST, RequestRecord
@@ -181,20 +181,29 @@ class ProxyResource(Resource):
             self._reject(request, provider, 401, "Missing X-Majordomo-Key header")
             return
         try:
-            key_id = await gateway.authenticate(hash_key(key))
+            api_key = await gateway.authenticate(hash_key(key))
         except Exception as e:
             log.warn("Cannot check an API key now: {error}", error=e)
             self._reject(request, provider, 503, "The key store is unavailable; try again shortly")
             return
-        if key_id is None:
+        if api_key is None:
             self._reject(request, provider, 401, "Invalid or revoked X-Majordomo-Key")
             return
 
         body = request.content.read() if request.content is not None else b""
         facts = providers.request_facts(provider, uri, _json_or_none(body))
         record = _new_record(
-            arrived, key_id, provider, request.method.decode("ascii"), uri, headers, facts.model
+            arrived, api_key.id, provider, request.method.decode("ascii"), uri, headers, facts.model
         )
+        try:
+            found = metadata.extract(request.requestHeaders.getAllRawHeaders())
+        except metadata.MetadataError as e:
+            gateway.writer.add(record.failed(arrived, 400, str(e)))
+            self._reject(request, provider, 400, str(e))
+            return
+        record.raw_metadata = found.raw
+        record.indexed_metadata = found.indexed(api_key.indexed_metadata)
+        record.provider_alias = found.provider_alias
 
         may_ask = _may_ask_for_usage(provider, uri.split("?")[0], query)
         strip_usage_chunk = False
@@ -284,12 +293,12 @@ class ProxyResource(Resource):
         arrived = gateway.clock.seconds()
         headers = _header_map(request_headers)
         key = headers.get("x-majordomo-key")
-        key_id = await gateway.authenticate(hash_key(key)) if key else None
-        if key_id is None:
+        api_key = await gateway.authenticate(hash_key(key)) if key else None
+        if api_key is None:
             return
         chosen = headers.get("x-majordomo-provider", "").strip().lower()
         provider = chosen if chosen in providers.PROVIDERS else providers.detect_provider(uri)
-        record = _new_record(arrived, key_id, provider, method, uri, headers, None)
+        record = _new_record(arrived, api_key.id, provider, method, uri, headers, None)
         gateway.writer.add(record.failed(now=arrived, status_code=status, message=message))
 
     def _note_unpriced(self, provider: str, model: str) -> None:

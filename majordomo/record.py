@@ -48,7 +48,10 @@ class RequestRecord:
     model_requested: str | None
     provider_key_hash: str | None
     ttfb_ms: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    raw_metadata: dict[str, str] = field(default_factory=dict)
+    indexed_metadata: dict[str, str] = field(default_factory=dict)
+    provider_alias: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. body storage columns
 
     @classmethod
     def start(cls, request_id: uuid.UUID, **kwargs: Any) -> RequestRecord:
@@ -72,8 +75,9 @@ class RequestRecord:
             "status_code": status_code,
             "ttfb_ms": self.ttfb_ms,
             "duration_ms": (now - self.arrived) * 1000.0,
-            "raw_metadata": {},
-            "indexed_metadata": {},
+            "raw_metadata": self.raw_metadata,
+            "indexed_metadata": self.indexed_metadata,
+            "provider_api_key_alias": self.provider_alias,
             **self.extra,
         }
 

@@ -73,3 +73,19 @@ CREATE TABLE IF NOT EXISTS llm_requests_metadata_keys (
     created_at              timestamptz NOT NULL DEFAULT now(),
     UNIQUE (majordomo_api_key_id, key_name)
 );
+
+-- Added with metadata activation: a HyperLogLog sketch (1024 registers) of the
+-- distinct values each metadata name has had, per API key.
+ALTER TABLE llm_requests_metadata_keys ADD COLUMN IF NOT EXISTS hll smallint[];
+
+-- Register-wise maximum of two HyperLogLog sketches (NULL is the empty sketch).
+CREATE OR REPLACE FUNCTION majordomo_hll_merge(a smallint[], b smallint[])
+RETURNS smallint[] LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE
+        WHEN a IS NULL THEN b
+        WHEN b IS NULL THEN a
+        ELSE ARRAY(
+            SELECT greatest(x, y)::smallint
+            FROM unnest(a, b) WITH ORDINALITY AS t(x, y, i) ORDER BY i)
+    END
+$$;

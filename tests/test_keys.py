@@ -128,7 +128,7 @@ class KeyStoreTests(TestCase):
                 support.run_sql("SELECT id::text, key_hash FROM api_keys"),
                 [(str(key.id), hash_key(plaintext))],
             )
-            self.assertEqual(await self.store.find_active(hash_key(plaintext)), key.id)
+            self.assertEqual((await self.store.find_active(hash_key(plaintext))).id, key.id)
             self.assertIsNone(await self.store.find_active(hash_key(generate_key())))
             self.assertIsNone(await self.store.find_active(plaintext))  # the hash, not the key
 
@@ -152,7 +152,7 @@ class KeyStoreTests(TestCase):
             self.assertIsNotNone(revoked.revoked_at)
             self.assertGreaterEqual(revoked.revoked_at, key.created_at)
             self.assertIsNone(await self.store.find_active(hash_key(plaintext)))
-            self.assertEqual(await self.store.find_active(hash_key(other_plaintext)), other.id)
+            self.assertEqual((await self.store.find_active(hash_key(other_plaintext))).id, other.id)
             self.assertEqual(await self.store.get(str(key.id)), revoked)
 
             await support.wait_for(lambda: notifies, timeout=5)
@@ -185,7 +185,7 @@ class KeyStoreTests(TestCase):
             )
             self.assertEqual(await self.store.get(str(key.id)), described)
             self.assertEqual(described.created_at, key.created_at)
-            self.assertEqual(await self.store.find_active(hash_key(plaintext)), key.id)
+            self.assertEqual((await self.store.find_active(hash_key(plaintext))).id, key.id)
 
         return support.as_deferred(go())
 
