@@ -209,7 +209,7 @@ def encode_document(exchange: Exchange) -> bytes:
 
 
 def _document_body(body: bytes) -> Any:
-    """JSON is embedded as JSON, anything else (an event stream, text) as a string, nothing as null."""
+    """JSON is embedded as JSON, anything else (an event stream, text) as a string, none as null."""
     if not body:
         return None
     try:
@@ -232,7 +232,8 @@ def make_body_store(
 ) -> BodyStore:
     """
     The body store C{logging.body_storage} asks for.  S3 bodies that cannot
-    be uploaded wait under C{spool_dir/bodies/}.  C{tuning} overrides
+    be uploaded wait under C{spool_dir/bodies/}, in at most
+    C{storage.spool_max_bytes} of their own.  C{tuning} overrides
     L{majordomo.bodies_s3.UploadTuning} fields (timings in tests).
     """
     storage = config.logging.body_storage
@@ -241,5 +242,6 @@ def make_body_store(
     if storage == "s3":
         from majordomo.bodies_s3 import S3BodyStore, UploadTuning
 
+        tuning.setdefault("disk_bytes", config.storage.spool_max_bytes)
         return S3BodyStore(config.s3, spool_dir, reactor=reactor, tuning=UploadTuning(**tuning))
     return NoBodyStore()

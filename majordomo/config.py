@@ -180,6 +180,11 @@ class Config:
     s3: S3Config = _section(S3Config)
 
     def __post_init__(self) -> None:
+        if bool(self.s3.access_key_id) != bool(self.s3.secret_access_key):
+            raise ConfigError(
+                "s3.access_key_id and s3.secret_access_key: give both, or neither "
+                "(to use the AWS default credential chain)"
+            )
         if self.logging.body_storage == "s3" and not (self.s3.enabled and self.s3.bucket):
             raise ConfigError("logging.body_storage: s3 needs s3.enabled: true and an s3.bucket")
 

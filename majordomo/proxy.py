@@ -30,6 +30,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from majordomo import metadata, providers
+from majordomo.bodies import Exchange
 from majordomo.ids import uuid7
 from majordomo.keys import hash_key
 from majordomo.record import CLIENT_CLOSED_REQUEST, RequestRecord
@@ -91,6 +92,9 @@ class Gateway:
     clock: Any
     response_timeout: float
     idle_timeout: float
+    bodies: Any = None  # a bodies.BodyStore, when logging.body_storage is not none
+    # Largest response body kept for body storage (the client always gets all of it).
+    body_capture_limit: int = 32 * 1024 * 1024
 
 
 def _forwardable(headers: Headers) -> Headers:
@@ -111,6 +115,14 @@ def _forwardable(headers: Headers) -> Headers:
             continue
         out.setRawHeaders(name, values)
     return out
+
+
+def _header_list(headers: Headers) -> list[tuple[str, str]]:
+    return [
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, values in headers.getAllRawHeaders()
+        for value in values
+    ]
 
 
 def _header_map(headers: Headers) -> dict[str, str]:
@@ -246,6 +258,7 @@ class ProxyResource(Resource):
             UsageChunkFilter() if strip_usage_chunk else None,
             idle_timeout=gateway.idle_timeout,
             clock=gateway.clock,
+            capture=gateway.body_capture_limit if gateway.bodies is not None else 0,
         )
         response.deliverBody(relay)
         complete = await relay.done
@@ -253,6 +266,23 @@ class ProxyResource(Resource):
         cost = gateway.prices.book.cost(provider, usage)
         if not cost.priced and usage.model and usage.input_tokens:
             self._note_unpriced(provider, usage.model)
+        if gateway.bodies is not None:
+            record.extra.update(
+                gateway.bodies.store(
+                    Exchange(
+                        request_id=str(record.id),
+                        key_id=record.key_id,
+                        arrived=arrived,
+                        method=record.method,
+                        path=uri,
+                        request_headers=_header_list(request.requestHeaders),
+                        request_body=body,
+                        status_code=response.code,
+                        response_headers=_header_list(request.responseHeaders),
+                        response_body=bytes(relay.captured),
+                    )
+                )
+            )
         # Journaled before the client sees the end of the response: a client
         # that got a whole answer always has its row, even if we crash now.
         gateway.writer.add(
@@ -455,8 +485,11 @@ class _BodyRelay(Protocol):
         usage_filter: UsageChunkFilter | None,
         idle_timeout: float,
         clock: Any,
+        capture: int = 0,
     ) -> None:
         self._request = request
+        self._capture = capture
+        self.captured = bytearray()  # what the client got, up to `capture` bytes
         self._client = client
         self._parser = parser
         self._filter = usage_filter
@@ -491,8 +524,14 @@ class _BodyRelay(Protocol):
             return
         if self._filter is not None:
             data = self._filter.filter(data)
+        self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        """To the client, and kept for body storage (up to the capture limit)."""
         if data:
             self._request.write(data)
+            if len(self.captured) < self._capture:
+                self.captured += data[: self._capture - len(self.captured)]
 
     def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
         if self._idle is not None:
@@ -502,9 +541,7 @@ class _BodyRelay(Protocol):
             self.error_message = "Client disconnected before the response was complete"
         else:
             if self._filter is not None:
-                rest = self._filter.flush()
-                if rest:
-                    self._request.write(rest)
+                self._send(self._filter.flush())
             self._request.unregisterProducer()
         complete = reason.check(ResponseDone, http.PotentialDataLoss) is not None
         if not complete and self.error_message is None:

@@ -22,6 +22,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from majordomo.bodies import make_body_store
 from majordomo.config import Config
 from majordomo.db import Database
 from majordomo.health import Health, Ready
@@ -100,6 +101,7 @@ class GatewayService(service.MultiService):
             memory_limit=config.storage.memory_queue_limit,
             clock=reactor,
         )
+        self.bodies = make_body_store(config, config.storage.spool_path(), reactor=reactor)
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = config.upstream.max_connections_per_host
         self._pool.retryAutomatically = False  # POST is never safe to replay
@@ -114,6 +116,7 @@ class GatewayService(service.MultiService):
                 clock=reactor,
                 response_timeout=config.upstream.response_timeout,
                 idle_timeout=config.upstream.idle_timeout,
+                bodies=None if config.logging.body_storage == "none" else self.bodies,
             )
         )
         self.site = _QuietSite(_Root(self.proxy, Ready(self._readiness)))
@@ -131,6 +134,7 @@ class GatewayService(service.MultiService):
         details = {
             "postgres": "reachable" if self.db.available else "unreachable",
             "spooled_records": self.writer.queued,
+            "pending_bodies": self.bodies.pending,
         }
         if not self.spool.writable() or not self.writer.spool_ok:
             return "request records cannot be journaled (spool full or not writable)", details
@@ -148,6 +152,14 @@ class GatewayService(service.MultiService):
             self._reactor.stop()
             return
         self.writer.startService()
+        bodies_started = self.bodies.start()
+        if bodies_started is not None:
+            bodies_started.addErrback(
+                lambda f: log.critical(
+                    "Bodies that cannot be uploaded have nowhere to wait: {error}",
+                    error=f.getErrorMessage(),
+                )
+            )
         endpoint_type = TCP6ServerEndpoint if ":" in host else TCP4ServerEndpoint
         try:
             self.port = yield endpoint_type(self._reactor, port, interface=host).listen(self.site)
@@ -181,6 +193,7 @@ class GatewayService(service.MultiService):
         yield super().stopService()
         if self.writer.running:
             yield _bounded(self.writer.stopService(), 10.0, self._reactor)
+        yield _bounded(self.bodies.stop(), 10.0, self._reactor)
         if self.writer.queued:
             log.info(
                 "{n} request records stay in the spool for the next start", n=self.writer.queued

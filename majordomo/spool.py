@@ -83,7 +83,8 @@ class Spool:
         adopted: list[Segment] = []
         for name in sorted(os.listdir(self.directory)):
             other = os.path.join(self.directory, name)
-            if other != self._owner_dir and os.path.isdir(other):
+            # ("bodies" holds body storage's parked uploads, which it manages itself.)
+            if other != self._owner_dir and name != "bodies" and os.path.isdir(other):
                 try:
                     self._adopt(other, adopted)
                 except OSError as e:  # another process starting now got there first

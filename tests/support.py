@@ -221,3 +221,8 @@ def chat_completion(model: str, prompt_tokens: int, completion_tokens: int) -> b
 
 def as_deferred(coroutine: Any) -> defer.Deferred[Any]:
     return defer.Deferred.fromCoroutine(coroutine)
+
+
+async def sleep(seconds: float) -> None:
+    """Let the reactor run for C{seconds}."""
+    await task.deferLater(reactor, seconds, lambda: None)

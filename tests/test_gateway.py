@@ -423,7 +423,12 @@ class HealthTests(GatewayTestCase):
             self.assertEqual(response.code, 200)
             self.assertEqual(
                 json.loads(await treq.content(response)),
-                {"status": "ok", "postgres": "reachable", "spooled_records": 0},
+                {
+                    "status": "ok",
+                    "postgres": "reachable",
+                    "spooled_records": 0,
+                    "pending_bodies": 0,
+                },
             )
 
         return support.as_deferred(go())
