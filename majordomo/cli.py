@@ -61,8 +61,23 @@ class _CommandOptions(usage.Options):
 
 
 class ServeOptions(_CommandOptions):
-    synopsis = "[--config PATH]"
+    synopsis = "[--config PATH] [--workers N] [--log-format text|json]"
     description = "Run the gateway in the foreground (same as twistd -n majordomo)."
+    optParameters = _CommandOptions.optParameters + [
+        ["workers", "w", 1, "Gateway processes sharing the port (SO_REUSEPORT).", int],
+        [
+            "log-format",
+            None,
+            "text",
+            "text (one plain line per event) or json (one object per line).",
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        if self["workers"] < 1:
+            raise usage.UsageError("--workers must be at least 1")
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError("--log-format must be text or json")
 
 
 class KeysCreateOptions(_CommandOptions):
@@ -385,17 +400,25 @@ async def _metadata(reactor: Any, config: Config, options: Any, out: TextIO) -> 
         db.close()
 
 
-def _serve(config_path: str | None) -> None:
-    """Hand over to twistd in the foreground, with plain console log lines."""
+def _serve(config_path: str | None, options: Any) -> None:
+    """Hand over to twistd in the foreground (or supervise several, with --workers)."""
+    config_args = ["--config", config_path] if config_path else []
+    if options["workers"] > 1:
+        from majordomo.workers import run_workers
+
+        worker = [sys.executable, "-m", "majordomo", "serve", "--log-format"]
+        sys.exit(run_workers(options["workers"], worker + [options["log-format"], *config_args]))
     from twisted.scripts import twistd
 
+    observer = "json_observer" if options["log-format"] == "json" else "console_observer"
     sys.argv = [
         "twistd",
         "--nodaemon",
         "--pidfile=",
-        "--logger=majordomo.logs.console_observer",
+        f"--logger=majordomo.logs.{observer}",
         "majordomo",
-    ] + (["--config", config_path] if config_path else [])
+        *config_args,
+    ]
     twistd.run()
 
 
@@ -454,7 +477,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         except ConfigError as e:
             sys.stderr.write(f"majordomo: configuration error: {e}\n")
             sys.exit(1)
-        _serve(options.config_path())
+        _serve(options.config_path(), options.subOptions)
         return
 
     def react_main(reactor: Any) -> defer.Deferred[None]:

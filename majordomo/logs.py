@@ -8,7 +8,10 @@ usual timestamped log.
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 from twisted.logger import (
@@ -20,6 +23,9 @@ from twisted.logger import (
     eventAsText,
 )
 from zope.interface import implementer
+
+# Set by `majordomo serve --workers N` in each worker's environment.
+WORKER_ENV = "MAJORDOMO_WORKER"
 
 
 def _format(event: dict[str, Any]) -> str:
@@ -42,6 +48,39 @@ class _OursOrImportant:
         return PredicateResult.no
 
 
+def _prefix() -> str:
+    worker = os.environ.get(WORKER_ENV)
+    return f"[worker {worker}] " if worker else ""
+
+
 def console_observer() -> FilteringLogObserver:
     """The observer C{majordomo serve} passes to twistd's C{--logger}."""
-    return FilteringLogObserver(FileLogObserver(sys.stdout, _format), [_OursOrImportant()])
+    prefix = _prefix()
+    return FilteringLogObserver(
+        FileLogObserver(sys.stdout, lambda event: prefix + _format(event)), [_OursOrImportant()]
+    )
+
+
+def _json_line(event: dict[str, Any]) -> str:
+    """One JSON object per line: time, level, namespace, message and the event's own fields."""
+    level = event.get("log_level")
+    line: dict[str, Any] = {
+        "time": datetime.fromtimestamp(event.get("log_time", 0), UTC).isoformat(),
+        "level": level.name if level is not None else "info",
+        "namespace": event.get("log_namespace"),
+        "message": eventAsText(event, includeTimestamp=False, includeSystem=False),
+    }
+    worker = os.environ.get(WORKER_ENV)
+    if worker:
+        line["worker"] = int(worker)
+    for key, value in event.items():
+        if not key.startswith("log_") and key not in line and not key.startswith("_"):
+            line[key] = (
+                value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+            )
+    return json.dumps(line) + "\n"
+
+
+def json_observer() -> FilteringLogObserver:
+    """C{majordomo serve --log-format json} (or C{twistd --logger majordomo.logs.json_observer})."""
+    return FilteringLogObserver(FileLogObserver(sys.stdout, _json_line), [_OursOrImportant()])

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -116,6 +117,7 @@ class LogWriter(service.Service):
         flush_interval: float,
         memory_limit: int = 10000,
         clock: Any = None,
+        observe_batch: Callable[[float, bool], None] | None = None,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
@@ -125,6 +127,7 @@ class LogWriter(service.Service):
         self._flush_interval = flush_interval
         self._memory_limit = memory_limit
         self._clock = clock
+        self._observe_batch = observe_batch or (lambda seconds, ok: None)
         self._current: list[str] = []
         self._batches: deque[_Batch] = deque()
         self._in_memory = 0
@@ -231,14 +234,18 @@ class LogWriter(service.Service):
         if records is None:
             assert batch.segment is not None
             records = await threads.deferToThread(read_segment, batch.segment)
+        started = self._clock.seconds()
         try:
             await self._db.run_operation(INSERT_BATCH, (_array(records),))
         except Exception as e:
+            self._observe_batch(self._clock.seconds() - started, False)
             if is_unavailable(e):
                 self._unavailable()
                 return
             log.error("PostgreSQL refused a batch ({error}); writing it row by row", error=e)
             await self._write_one_by_one(records)
+        else:
+            self._observe_batch(self._clock.seconds() - started, True)
         self._done(batch)
 
     def _done(self, batch: _Batch) -> None:

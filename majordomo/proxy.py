@@ -33,6 +33,7 @@ from majordomo import metadata, providers
 from majordomo.bodies import Exchange
 from majordomo.ids import uuid7
 from majordomo.keys import hash_key
+from majordomo.metrics import GatewayMetrics
 from majordomo.record import CLIENT_CLOSED_REQUEST, RequestRecord
 from majordomo.usage import make_usage_parser
 from majordomo.usage.openai import UsageChunkFilter, inject_include_usage
@@ -92,6 +93,7 @@ class Gateway:
     clock: Any
     response_timeout: float
     idle_timeout: float
+    metrics: GatewayMetrics
     bodies: Any = None  # a bodies.BodyStore, when logging.body_storage is not none
     # Largest response body kept for body storage (the client always gets all of it).
     body_capture_limit: int = 32 * 1024 * 1024
@@ -115,6 +117,32 @@ def _forwardable(headers: Headers) -> Headers:
             continue
         out.setRawHeaders(name, values)
     return out
+
+
+def _log_request(row: dict[str, Any]) -> None:
+    """One line per request: what it was, what it used, what it cost.  No secrets."""
+    log.info(
+        "{method} {path} {status_code} {model} in={input_tokens} out={output_tokens} "
+        "cost={total_cost} {duration_ms:.0f}ms",
+        **{field: row.get(field) for field in _LOGGED_FIELDS},
+    )
+
+
+_LOGGED_FIELDS = (
+    "id",
+    "method",
+    "path",
+    "provider",
+    "status_code",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "total_cost",
+    "usage_status",
+    "duration_ms",
+    "ttfb_ms",
+)
 
 
 def _header_list(headers: Headers) -> list[tuple[str, str]]:
@@ -224,6 +252,7 @@ class ProxyResource(Resource):
 
         request.setHeader(b"x-majordomo-request-id", str(record.id).encode("ascii"))
         client = _ClientWatch(request)
+        forwarded = gateway.clock.seconds()
         upstream = client.track(
             gateway.http_client.request(
                 request.method.decode("ascii"),
@@ -262,6 +291,7 @@ class ProxyResource(Resource):
         )
         response.deliverBody(relay)
         complete = await relay.done
+        upstream_done = gateway.clock.seconds()
         usage = parser.finish(complete=complete)
         cost = gateway.prices.book.cost(provider, usage)
         if not cost.priced and usage.model and usage.input_tokens:
@@ -285,16 +315,26 @@ class ProxyResource(Resource):
             )
         # Journaled before the client sees the end of the response: a client
         # that got a whole answer always has its row, even if we crash now.
-        gateway.writer.add(
-            record.finish(
-                now=gateway.clock.seconds(),
-                status_code=response.code,
-                usage=usage,
-                cost=cost,
-                stream=facts.stream or content_type.startswith(b"text/event-stream"),
-                error_message=relay.error_message,
-            )
+        row = record.finish(
+            now=gateway.clock.seconds(),
+            status_code=response.code,
+            usage=usage,
+            cost=cost,
+            stream=facts.stream or content_type.startswith(b"text/event-stream"),
+            error_message=relay.error_message,
         )
+        gateway.writer.add(row)
+        now = gateway.clock.seconds()
+        gateway.metrics.request_finished(
+            provider,
+            response.code,
+            usage,
+            cost,
+            ttfb=(record.ttfb_ms or 0) / 1000,
+            duration=now - arrived,
+            overhead=(forwarded - arrived) + (now - upstream_done),
+        )
+        _log_request(row)
         if client.gone:
             return
         if complete:
@@ -351,6 +391,7 @@ class ProxyResource(Resource):
                 request.responseHeaders.setRawHeaders(name, values)
 
     def _reject(self, request: Request, provider: str, status: int, message: str) -> None:
+        self._gateway.metrics.requests.labels(provider, "", str(status)).inc()
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json")
         request.write(providers.error_body(provider, status, message))
@@ -383,15 +424,14 @@ class ProxyResource(Resource):
             id=record.id,
             reason=failure.getErrorMessage(),
         )
-        self._gateway.writer.add(
-            record.failed(
-                now=self._gateway.clock.seconds(),
-                status_code=status,
-                message=message,
-                maybe_billed=maybe_billed,
-            )
-        )
-        if not client.gone:
+        now = self._gateway.clock.seconds()
+        row = record.failed(now=now, status_code=status, message=message, maybe_billed=maybe_billed)
+        self._gateway.writer.add(row)
+        self._gateway.metrics.duration.labels(record.provider).observe(now - record.arrived)
+        _log_request(row)
+        if client.gone:
+            self._gateway.metrics.requests.labels(record.provider, "", str(status)).inc()
+        else:
             self._reject(request, record.provider, status, message)
 
 

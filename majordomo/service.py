@@ -9,6 +9,7 @@ flush the log writer, then close the database and the upstream pool.
 
 from __future__ import annotations
 
+import socket
 import weakref
 from typing import Any
 
@@ -30,6 +31,7 @@ from majordomo.keycache import KeyCache
 from majordomo.keys import KeyStore
 from majordomo.limits import limit_request_bodies
 from majordomo.logwriter import LogWriter
+from majordomo.metrics import GatewayMetrics, MetricsResource
 from majordomo.pricing_refresh import PricingService
 from majordomo.pricing_show import configured_book
 from majordomo.proxy import Gateway, ProxyResource
@@ -39,13 +41,14 @@ log = Logger()
 
 
 class _Root(Resource):
-    """C{/health} and C{/readyz}; every other path is proxied."""
+    """C{/health}, C{/readyz} and C{/metrics}; every other path is proxied."""
 
-    def __init__(self, proxy: Resource, ready: Ready) -> None:
+    def __init__(self, proxy: Resource, ready: Ready, metrics: Resource) -> None:
         super().__init__()
         self._proxy = proxy
         self.putChild(b"health", Health())
         self.putChild(b"readyz", ready)
+        self.putChild(b"metrics", metrics)
 
     def getChild(self, path: bytes, request: Any) -> Resource:
         request.postpath.insert(0, request.prepath.pop())
@@ -92,6 +95,7 @@ class GatewayService(service.MultiService):
             refresh_interval=config.pricing.refresh_interval,
             clock=reactor,
         )
+        self.metrics = GatewayMetrics()
         self.spool = Spool(config.storage.spool_path(), config.storage.spool_max_bytes)
         self.writer = LogWriter(
             self.db,
@@ -100,8 +104,10 @@ class GatewayService(service.MultiService):
             flush_interval=config.storage.flush_interval,
             memory_limit=config.storage.memory_queue_limit,
             clock=reactor,
+            observe_batch=self.metrics.batch_written,
         )
         self.bodies = make_body_store(config, config.storage.spool_path(), reactor=reactor)
+        self.metrics.watch(self.writer, self.spool, self.bodies)
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = config.upstream.max_connections_per_host
         self._pool.retryAutomatically = False  # POST is never safe to replay
@@ -116,10 +122,13 @@ class GatewayService(service.MultiService):
                 clock=reactor,
                 response_timeout=config.upstream.response_timeout,
                 idle_timeout=config.upstream.idle_timeout,
+                metrics=self.metrics,
                 bodies=None if config.logging.body_storage == "none" else self.bodies,
             )
         )
-        self.site = _QuietSite(_Root(self.proxy, Ready(self._readiness)))
+        self.site = _QuietSite(
+            _Root(self.proxy, Ready(self._readiness), MetricsResource(self.metrics))
+        )
         limit_request_bodies(
             self.site,
             config.server.max_body_size,
@@ -160,9 +169,8 @@ class GatewayService(service.MultiService):
                     error=f.getErrorMessage(),
                 )
             )
-        endpoint_type = TCP6ServerEndpoint if ":" in host else TCP4ServerEndpoint
         try:
-            self.port = yield endpoint_type(self._reactor, port, interface=host).listen(self.site)
+            self.port = yield self._listen(host, port)
         except Exception as e:
             log.critical("Cannot listen on {host}:{port}: {error}", host=host, port=port, error=e)
             self._reactor.stop()
@@ -172,6 +180,24 @@ class GatewayService(service.MultiService):
         self.key_cache.start()  # not waited for: lookups use PostgreSQL until it listens
         self.pricing.startService()
         log.info("Pricing data loaded ({count} models)", count=len(self.pricing.book))
+
+    def _listen(self, host: str, port: int) -> defer.Deferred[Any]:
+        """Listen; with server.reuse_port, on a socket other processes may share."""
+        if not self.config.server.reuse_port:
+            endpoint_type = TCP6ServerEndpoint if ":" in host else TCP4ServerEndpoint
+            listening: defer.Deferred[Any] = endpoint_type(
+                self._reactor, port, interface=host
+            ).listen(self.site)
+            return listening
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as shared:
+            shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            shared.bind((host, port))
+            shared.listen(1024)
+            shared.setblocking(False)
+            # The reactor takes its own copy of the descriptor.
+            return defer.succeed(self._reactor.adoptStreamPort(shared.fileno(), family, self.site))
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:

@@ -1,0 +1,173 @@
+# -*- test-case-name: tests.test_metrics -*-
+"""
+C{GET /metrics}: the gateway's counters and histograms in the Prometheus
+text format (prometheus-client), one registry per gateway service.
+
+Per-request numbers are observed by the proxy when a request ends; the
+state of the log writer, the spool and body uploads is read when scraped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from majordomo.usage import Usage
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+
+
+class GatewayMetrics:
+    """The gateway's metrics; C{registry} is what /metrics renders."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "majordomo_requests", "Requests proxied", ["provider", "model", "status"], registry=r
+        )
+        self.ttfb = Histogram(
+            "majordomo_upstream_ttfb_seconds",
+            "Time from arrival to the provider's response headers",
+            ["provider"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.duration = Histogram(
+            "majordomo_request_duration_seconds",
+            "Time from arrival to the last byte sent to the client",
+            ["provider"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "majordomo_gateway_overhead_seconds",
+            "Time the gateway itself adds (before forwarding and after the provider finished)",
+            buckets=_OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "majordomo_tokens", "Tokens used", ["provider", "model", "kind"], registry=r
+        )
+        self.cost = Counter(
+            "majordomo_cost_usd",
+            "Cost in USD (exact values are in the rows)",
+            ["provider", "model"],
+            registry=r,
+        )
+        self.unpriced = Counter(
+            "majordomo_unpriced_requests",
+            "Requests whose model had no price (cost NULL)",
+            ["provider", "model"],
+            registry=r,
+        )
+        self.batch_latency = Histogram(
+            "majordomo_log_batch_seconds",
+            "Time to write one batch of rows to PostgreSQL",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+            registry=r,
+        )
+        self.batch_failures = Counter(
+            "majordomo_log_batch_failures", "Batches PostgreSQL did not take", registry=r
+        )
+
+    def request_finished(
+        self,
+        provider: str,
+        status: int,
+        usage: Usage | None,
+        cost: Any,
+        ttfb: float | None,
+        duration: float,
+        overhead: float | None,
+    ) -> None:
+        """Record one finished request (answered or not)."""
+        model = (usage.model if usage else None) or ""
+        self.requests.labels(provider, model, str(status)).inc()
+        self.duration.labels(provider).observe(duration)
+        if ttfb is not None:
+            self.ttfb.labels(provider).observe(ttfb)
+        if overhead is not None:
+            self.overhead.observe(overhead)
+        if usage is None:
+            return
+        for kind in ("input", "output", "cached", "reasoning"):
+            count = getattr(usage, f"{kind}_tokens")
+            if count:
+                self.tokens.labels(provider, model, kind).inc(count)
+        if cost is not None and cost.total_cost:
+            self.cost.labels(provider, model).inc(float(cost.total_cost))
+        if cost is not None and not cost.priced and usage.input_tokens:
+            self.unpriced.labels(provider, model).inc()
+
+    def batch_written(self, seconds: float, ok: bool) -> None:
+        """The log writer finished (or failed) one batch."""
+        self.batch_latency.observe(seconds)
+        if not ok:
+            self.batch_failures.inc()
+
+    def watch(self, writer: Any, spool: Any, bodies: Any) -> None:
+        """Report the writer's queue, the spool and body uploads when scraped."""
+        self.registry.register(_StateCollector(writer, spool, bodies))
+
+
+class _StateCollector(Collector):
+    """Gauges and counters that live in other objects, read at scrape time."""
+
+    def __init__(self, writer: Any, spool: Any, bodies: Any) -> None:
+        self._writer, self._spool, self._bodies = writer, spool, bodies
+
+    def collect(self) -> Iterator[Any]:
+        yield GaugeMetricFamily(
+            "majordomo_log_queue_records", "Rows not yet committed", value=self._writer.queued
+        )
+        yield GaugeMetricFamily(
+            "majordomo_spool_bytes", "Bytes of journaled rows on disk", value=self._spool.size
+        )
+        yield CounterMetricFamily(
+            "majordomo_spool_write_failures",
+            "Rows that could not be journaled (disk full or unwritable)",
+            value=self._writer.spool_failures,
+        )
+        yield CounterMetricFamily(
+            "majordomo_rows_written",
+            "Rows committed to PostgreSQL",
+            value=self._writer.rows_written,
+        )
+        yield GaugeMetricFamily(
+            "majordomo_body_uploads_pending",
+            "Bodies waiting to be stored (memory and disk)",
+            value=self._bodies.pending,
+        )
+        yield CounterMetricFamily(
+            "majordomo_body_upload_failures",
+            "Body upload attempts that failed",
+            value=self._bodies.failures,
+        )
+
+
+class MetricsResource(Resource):
+    """Serves the registry in the Prometheus text format."""
+
+    isLeaf = True
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        super().__init__()
+        self._metrics = metrics
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return bytes(generate_latest(self._metrics.registry))
