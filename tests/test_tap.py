@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import socket
 
@@ -65,8 +66,8 @@ class _Output(protocol.ProcessProtocol):
         self.ended.callback(getattr(reason, "value").exitCode)  # noqa: B009
 
 
-class TwistdSmokeTests(TestCase):
-    """One real gateway process, started the way systemd and the guide start it."""
+class _ProcessCase(TestCase):
+    """Runs one real gateway process per test."""
 
     timeout = 60
 
@@ -88,6 +89,10 @@ class TwistdSmokeTests(TestCase):
         await support.wait_for(lambda: b"Pricing data loaded" in out.output, timeout=30)
         response = await treq.get(f"http://127.0.0.1:{port}/health", persistent=False)
         self.assertEqual((response.code, await treq.content(response)), (200, b"ok"))
+
+
+class TwistdSmokeTests(_ProcessCase):
+    """One real gateway process, started the way systemd and the guide start it."""
 
     def test_twistd_nodaemon(self) -> defer.Deferred[None]:
         """
@@ -132,5 +137,37 @@ class TwistdSmokeTests(TestCase):
                 "majordomo: configuration error: server.port: "
                 "must be a port number between 0 and 65535 (got 99999)\n",
             )
+
+        return support.as_deferred(go())
+
+
+class JsonLogTests(_ProcessCase):
+    """`majordomo serve --log-format json`: one JSON object per line, for machines."""
+
+    def test_json_lines(self) -> defer.Deferred[None]:
+        """
+        Every line is a JSON object with time, level and message, and a
+        rejected key never appears in the log.
+        """
+        port = free_port()
+        out = self._spawn([support.MAJORDOMO_BIN, "serve", "--log-format", "json"], port)
+
+        async def go() -> None:
+            await self._check(out, port)
+            response = await treq.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                b"{}",
+                headers={"X-Majordomo-Key": ["mdm_sk_secret_never_logged"]},
+                persistent=False,
+            )
+            await response.content()
+            await support.wait_for(lambda: b"401" in out.output or response.code == 401)
+            lines = [json.loads(line) for line in out.output.decode().splitlines()]
+            self.assertEqual(lines[0]["message"], f"Starting Majordomo Gateway on 127.0.0.1:{port}")
+            for line in lines:
+                self.assertEqual(
+                    set(line) & {"time", "level", "message"}, {"time", "level", "message"}
+                )
+            self.assertNotIn("mdm_sk_secret_never_logged", out.output.decode())
 
         return support.as_deferred(go())
