@@ -62,7 +62,7 @@ class _CommandOptions(usage.Options):
 
 class ServeOptions(_CommandOptions):
     synopsis = "[--config PATH] [--workers N] [--log-format text|json]"
-    description = "Run the gateway in the foreground (same as twistd -n majordomo)."
+    longdesc = "Run the gateway in the foreground (same as twistd -n majordomo)."
     optParameters = _CommandOptions.optParameters + [
         ["workers", "w", 1, "Gateway processes sharing the port (SO_REUSEPORT).", int],
         [
@@ -188,7 +188,7 @@ class MetadataOptions(usage.Options):
 
 class RepriceOptions(_CommandOptions):
     synopsis = "[--since YYYY-MM-DD] [--model MODEL]"
-    description = "Recompute stored costs with the current prices (idempotent)."
+    longdesc = "Recompute stored costs with the current prices (idempotent)."
     optParameters = _CommandOptions.optParameters + [
         ["since", "s", None, "Only requests that arrived on or after this date (UTC)."],
         ["model", "m", None, "Only requests for this model (as reported or requested)."],
@@ -204,6 +204,19 @@ class RepriceOptions(_CommandOptions):
                 ) from None
 
 
+def _usage_options() -> usage.Options:
+    # Imported when used: majordomo.report builds on _CommandOptions above.
+    from majordomo.report import UsageOptions
+
+    return UsageOptions()
+
+
+async def _usage(reactor: Any, config: Config, options: Any, out: TextIO) -> int:
+    from majordomo.report import usage_command
+
+    return await usage_command(reactor, config, options, out)
+
+
 class Options(_CommandOptions):
     synopsis = "majordomo [--config PATH] COMMAND ..."
     subCommands = [
@@ -213,6 +226,7 @@ class Options(_CommandOptions):
         ["pricing", None, PricingOptions, "Inspect price data."],
         ["reprice", None, RepriceOptions, "Recompute stored costs with current prices."],
         ["metadata", None, MetadataOptions, "See and index X-Majordomo-* metadata names."],
+        ["usage", None, _usage_options, "Requests, tokens and spend by model, key, day, ..."],
     ]
 
     def postOptions(self) -> None:
@@ -428,6 +442,7 @@ _COMMANDS: dict[str, Command] = {
     "pricing": _pricing,
     "reprice": _reprice,
     "metadata": _metadata,
+    "usage": _usage,
 }
 
 
