@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
-from treq.client import HTTPClient
 from twisted.internet import defer, error
 from twisted.internet.error import ConnectError, ConnectionRefusedError, DNSLookupError
 from twisted.internet.protocol import Protocol
@@ -35,6 +34,7 @@ from majordomo.ids import uuid7
 from majordomo.keys import hash_key
 from majordomo.metrics import GatewayMetrics
 from majordomo.record import CLIENT_CLOSED_REQUEST, RequestRecord
+from majordomo.upstream import UpstreamClient
 from majordomo.usage import make_usage_parser
 from majordomo.usage.openai import UsageChunkFilter, inject_include_usage
 
@@ -87,7 +87,7 @@ class Gateway:
 
     authenticate: Any  # key hash -> Deferred[key id | None]
     base_url: Any  # provider -> configured base URL ("" = not configured)
-    http_client: HTTPClient
+    upstream: UpstreamClient
     prices: Any  # object with .book (a PriceBook), swapped on refresh
     writer: Any  # object with .add(record)
     clock: Any
@@ -254,13 +254,12 @@ class ProxyResource(Resource):
         client = _ClientWatch(request)
         forwarded = gateway.clock.seconds()
         upstream = client.track(
-            gateway.http_client.request(
-                request.method.decode("ascii"),
-                gateway.base_url(provider) + uri,
-                headers=_forwardable(request.requestHeaders),
-                data=body or None,
-                unbuffered=True,
-                timeout=gateway.response_timeout,
+            gateway.upstream.request(
+                request.method,
+                gateway.base_url(provider).encode("ascii") + request.uri,
+                _forwardable(request.requestHeaders),
+                body or None,
+                gateway.response_timeout,
             )
         )
         try:

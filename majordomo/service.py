@@ -13,12 +13,10 @@ import socket
 import weakref
 from typing import Any
 
-from treq.client import HTTPClient
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -36,6 +34,7 @@ from majordomo.pricing_refresh import PricingService
 from majordomo.pricing_show import configured_book
 from majordomo.proxy import Gateway, ProxyResource
 from majordomo.spool import Spool, SpoolError
+from majordomo.upstream import UpstreamClient
 
 log = Logger()
 
@@ -108,15 +107,14 @@ class GatewayService(service.MultiService):
         )
         self.bodies = make_body_store(config, config.storage.spool_path(), reactor=reactor)
         self.metrics.watch(self.writer, self.spool, self.bodies)
-        self._pool = HTTPConnectionPool(reactor, persistent=True)
-        self._pool.maxPersistentPerHost = config.upstream.max_connections_per_host
-        self._pool.retryAutomatically = False  # POST is never safe to replay
-        agent = Agent(reactor, connectTimeout=config.upstream.connect_timeout, pool=self._pool)
+        self.upstream = UpstreamClient(
+            reactor, config.upstream.max_connections_per_host, config.upstream.connect_timeout
+        )
         self.proxy = ProxyResource(
             Gateway(
                 authenticate=self.key_cache.authenticate,
                 base_url=config.providers.base_url,
-                http_client=HTTPClient(agent),
+                upstream=self.upstream,
                 prices=self.pricing,
                 writer=self.writer,
                 clock=reactor,
@@ -226,7 +224,7 @@ class GatewayService(service.MultiService):
             )
         self.key_cache.stop()
         self.db.close()
-        yield self._pool.closeCachedConnections()
+        yield self.upstream.close()
 
 
 def _bounded(d: defer.Deferred[Any], seconds: float, reactor: Any) -> defer.Deferred[Any]:
