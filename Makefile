@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: build run db test lint clean
+.PHONY: build run db test lint clean bench
 
 build: $(VENV)/.installed bin/majordomo
 
@@ -43,6 +43,19 @@ lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check majordomo tests twisted
 	$(VENV)/bin/ruff format --check majordomo tests twisted
 	$(VENV)/bin/mypy
+
+# End-to-end benchmarks into docs/BENCHMARKS.md (about 6 minutes with the
+# default 60 s soak; SOAK=600 for a longer one; BENCH_ARGS="--quick" to try
+# it).  Needs wrk (installed with apt-get when missing) and the local
+# PostgreSQL (database majordomo_bench).  Uses the venv as it is (builds it
+# only when missing), so a benchmark never reinstalls packages under a test run.
+SOAK ?= 60
+bench:
+	@test -f $(VENV)/.test-installed || $(MAKE) $(VENV)/.test-installed
+	@command -v wrk >/dev/null || apt-get install -y wrk || \
+		{ echo "bench needs wrk: apt-get install wrk" >&2; exit 1; }
+	BENCH_COMMAND="make bench$(if $(filter-out 60,$(SOAK)), SOAK=$(SOAK))$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" \
+		$(PY) bench/run.py --soak $(SOAK) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) bin _trial_temp twisted/plugins/dropin.cache tests/node/node_modules

@@ -1,0 +1,215 @@
+"""
+Turns the results of bench/run.py (`make bench`) into the markdown section
+appended to docs/BENCHMARKS.md: machine facts, exact commands, throughput and
+added latency per target and concurrency, streams, memory, workers, soak, and
+the issue's targets marked met or missed.  A second run on the same day
+replaces that day's section instead of adding another.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+NAMES = {
+    "direct": "upstream directly",
+    "passthrough": "bare Twisted+treq pass-through",
+    "gateway": "gateway, PostgreSQL logging",
+    "gateway_s3": "gateway, PostgreSQL logging + S3 bodies (moto)",
+}
+
+
+def _ms(us: float) -> str:
+    return f"{us / 1000:.2f}"
+
+
+def throughput_table(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "| target | conc. | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms "
+        "| CPU ms/req | CPU use | peak RSS MB | errors | other load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    direct = {r["connections"]: r for r in results["throughput"]["direct"]}
+    for target, runs in results["throughput"].items():
+        for r in runs:
+            d = direct[r["connections"]]
+            added = (
+                ("—", "—")
+                if target == "direct"
+                else (_ms(r["p50_us"] - d["p50_us"]), _ms(r["p99_us"] - d["p99_us"]))
+            )
+            errors = ", ".join(f"{n} {kind}" for kind, n in r["errors"].items() if n) or "0"
+            lines.append(
+                f"| {NAMES[target]} | {r['connections']} | {r['rps']:,.0f} | {_ms(r['p50_us'])} "
+                f"| {_ms(r['p99_us'])} | {added[0]} | {added[1]} | {r['cpu_ms_per_req']:.2f} "
+                f"| {r['cpu_use']:.0%} | {r['peak_rss_kb'] / 1024:.1f} | {errors} "
+                f"| {r['other_cores']:.2f} |"
+            )
+    return lines
+
+
+def stream_row(name: str, s: dict[str, Any]) -> str:
+    lat, gap, ttfc = s["latency_ms"], s["max_gap_ms"], s["ttfc_ms"]
+    return (
+        f"| {name} | {s['streams']} | {s['complete']} | {s['stall_free']} "
+        f"| {lat['50']:.1f} / {lat['99']:.1f} / {lat['100']:.0f} "
+        f"| {gap['50']:.0f} / {gap['100']:.0f} | {ttfc['50']:.1f} / {ttfc['99']:.0f} "
+        f"| {s['max_sent_gap_ms']:.0f} | {s['wall_s']:.1f} | {s['other_cores']:.2f} |"
+    )
+
+
+STREAM_HEAD = [
+    "| path | streams | complete | stall-free | chunk latency p50 / p99 / max ms "
+    "| worst gap per stream, median / max ms | first chunk p50 / p99 ms "
+    "| upstream's own worst gap ms | wall s | other load |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+]
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    t = results["throughput"]
+    c16 = {name: next(r for r in runs if r["connections"] == 16) for name, runs in t.items()}
+    c1 = {name: next(r for r in runs if r["connections"] == 1) for name, runs in t.items()}
+    ratio = c16["gateway"]["rps"] / c16["passthrough"]["rps"]
+    extra_p50 = (c1["gateway"]["p50_us"] - c1["passthrough"]["p50_us"]) / 1000
+    w = results["workers"]
+    scale = w["2"][0]["rps"] / w["1"][0]["rps"]
+    big = results["streams_1000"]
+    soak = results["soak"]
+    return [
+        (
+            "gateway throughput at concurrency 16 >= 90% of the bare pass-through",
+            f"{ratio:.0%} ({c16['gateway']['rps']:,.0f} vs {c16['passthrough']['rps']:,.0f} req/s)",
+            ratio >= 0.9,
+        ),
+        (
+            "added p50 at concurrency 1 within 0.3 ms of the pass-through's",
+            f"+{extra_p50:.2f} ms over the pass-through",
+            extra_p50 <= 0.3,
+        ),
+        (
+            "`--workers 2` >= 1.6x one worker at concurrency 16",
+            f"{scale:.2f}x ({w['2'][0]['rps']:,.0f} vs {w['1'][0]['rps']:,.0f} req/s)",
+            scale >= 1.6,
+        ),
+        (
+            f"{big['streams']} streams at {big['interval_ms']:g} ms: all complete, none stalls, "
+            "all rows",
+            f"{big['complete']} complete, {big['stall_free']} stall-free, {big['rows']} rows",
+            big["complete"] == big["stall_free"] == big["rows"] == big["streams"],
+        ),
+        (
+            "under 50 KB memory per open stream",
+            f"{big['kb_per_stream']:.1f} KB",
+            big["kb_per_stream"] < 50,
+        ),
+        (
+            f"RSS flat ±5% over the soak ({soak['seconds']} s)",
+            f"largest deviation {soak['max_deviation']:+.1%} "
+            f"of {soak['baseline_kb'] / 1024:.1f} MB",
+            abs(soak["max_deviation"]) <= 0.05,
+        ),
+    ]
+
+
+def render(results: dict[str, Any]) -> str:
+    m, date = results["machine"], results["date"]
+    big, soak, w = results["streams_1000"], results["soak"], results["workers"]
+    out = [f"<!-- make bench {date} -->", f"### Results {date}", ""]
+    out += ["Machine: " + "; ".join(f"{k} {v}" for k, v in m.items()) + ".", ""]
+    out += [
+        f"Command: `{results['command']}` ({results['wall_minutes']:.1f} minutes). "
+        f"Pinning: {results['pinning']}",
+        "",
+        "Commands the harness ran (key elided):",
+        "",
+    ]
+    out += ["```"] + results["commands"] + ["```", ""]
+    out += [
+        "Every gateway ran with `MAJORDOMO_SERVER_PORT=$PORT "
+        f"{results['gateway_env']}`; with S3 bodies also `{results['s3_env']}`.",
+        "",
+    ]
+    out += [
+        "#### Non-streaming throughput and latency (wrk, "
+        f"{results['seconds']:g} s per point after a {results['warmup']:g} s warm-up)",
+        "",
+    ]
+    out += throughput_table(results) + [""]
+    out += [f"Rows: {results['rows_note']}", ""]
+    out += [
+        f"#### {big['streams']} concurrent streams through one gateway process "
+        f"({big['chunks']} chunks, {big['interval_ms']:g} ms apart, started over "
+        f"{big['ramp_s']:g} s)",
+        "",
+    ]
+    out += STREAM_HEAD + [stream_row("gateway", big), ""]
+    out += [
+        f"Rows written: {big['rows']} of {big['streams']} ({big['rows_complete']} with "
+        f"complete usage). Gateway RSS {big['rss_before_kb'] / 1024:.1f} MB before, "
+        f"{big['rss_peak_kb'] / 1024:.1f} MB peak: **{big['kb_per_stream']:.1f} KB per open "
+        f"stream**. Gateway CPU {big['cpu_s']:.1f} s for {big['chunks_received']:,} chunks "
+        f"({big['cpu_s'] * 1e6 / max(1, big['chunks_received']):.0f} µs per chunk).",
+        "",
+    ]
+    s500 = results["streams_500"]
+    first = next(iter(s500.values()))
+    out += [
+        f"#### {first['streams']} streams, {first['chunks']} chunks "
+        f"{first['interval_ms']:g} ms apart, started over {first['ramp_s']:g} s "
+        f"(stall: a gap over {3 * first['interval_ms']:g} ms)",
+        "",
+    ]
+    out += STREAM_HEAD + [stream_row(NAMES[k], v) for k, v in s500.items()] + [""]
+    out += ["#### `--workers 2` against one worker (no pinning, same conditions)", ""]
+    out += [
+        "| workers | conc. | req/s | p50 ms | p99 ms | CPU use | peak RSS MB (all workers) "
+        "| other load |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for n, runs in w.items():
+        out += [
+            f"| {n} | {r['connections']} | {r['rps']:,.0f} | {_ms(r['p50_us'])} "
+            f"| {_ms(r['p99_us'])} | {r['cpu_use']:.0%} | {r['peak_rss_kb'] / 1024:.1f} "
+            f"| {r['other_cores']:.2f} |"
+            for r in runs
+        ]
+    out += ["", f"#### Soak: {soak['seconds']} s of wrk at concurrency 16 against one gateway", ""]
+    out += [
+        f"{soak['rps']:,.0f} req/s, p99 {_ms(soak['p99_us'])} ms, {soak['errors']} errors, "
+        f"other load {soak['other_cores']:.2f} CPUs. "
+        f"RSS (MB) over time: "
+        + ", ".join(f"{t:.0f} s: {kb / 1024:.1f}" for t, kb in soak["series"])
+        + ". "
+        f"Baseline (after {soak['warmup_s']:.0f} s): {soak['baseline_kb'] / 1024:.1f} MB; "
+        f"largest deviation {soak['max_deviation']:+.1%}; last sample "
+        f"{soak['end_change']:+.1%}.",
+        "",
+    ]
+    out += ["#### Targets from issue #7", "", "| target | measured | met? |", "|---|---|---|"]
+    out += [
+        f"| {name} | {value} | {'yes' if ok else '**no**'} |"
+        for name, value, ok in targets(results)
+    ]
+    if results.get("notes"):
+        out += [""] + results["notes"]
+    return "\n".join(out) + f"\n<!-- /make bench {date} -->\n"
+
+
+def write(path: str, section: str, date: str) -> None:
+    """Replace this day's section in C{path}, or append it."""
+    text = "# Benchmarks\n"
+    if os.path.exists(path):
+        with open(path) as f:
+            text = f.read()
+    block = re.compile(
+        rf"<!-- make bench {re.escape(date)} -->.*?<!-- /make bench {re.escape(date)} -->\n",
+        re.S,
+    )
+    if block.search(text):
+        text = block.sub(lambda _: section, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    with open(path, "w") as f:
+        f.write(text)
