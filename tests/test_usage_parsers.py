@@ -839,3 +839,39 @@ class StatusTests(SynchronousTestCase):
             content_type=JSON,
             request_model=None,
         )
+
+
+class FastPathTests(SynchronousTestCase):
+    """Chunks skipped without decoding never hide usage."""
+
+    def test_usage_found_among_skipped_chunks(self) -> None:
+        """
+        Content that quotes "usage": {...} (escaped inside a JSON string) is
+        skipped safely, and a usage chunk with unusual spacing is still read,
+        by the parser and by the filter that hides it.
+        """
+        from majordomo.usage import make_usage_parser
+        from majordomo.usage.openai import UsageChunkFilter
+
+        chunk = (
+            'data: {"model": "gpt-4o-2024-08-06", "usage": null, "choices": [{"delta": '
+            '{"content": "say \\"usage\\": {\\"x\\": 1}"}}]}\n\n'
+        )
+        usage = (
+            'data: {"model": "gpt-4o-2024-08-06", "choices": [], "usage" :  {"prompt_tokens": 3, '
+            '"completion_tokens": 4, "total_tokens": 7}}\n\n'
+        )
+        body = (chunk * 3 + usage + "data: [DONE]\n\n").encode()
+        parser = make_usage_parser(
+            "openai",
+            "/v1/chat/completions",
+            status_code=200,
+            content_type="text/event-stream",
+            request_model="gpt-4o",
+        )
+        parser.feed(body)
+        result = parser.finish()
+        self.assertEqual((result.input_tokens, result.output_tokens), (3, 4))
+        stream_filter = UsageChunkFilter()
+        shown = stream_filter.filter(body) + stream_filter.flush()
+        self.assertEqual(shown, (chunk * 3 + "data: [DONE]\n\n").encode())

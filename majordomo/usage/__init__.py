@@ -215,6 +215,14 @@ class StreamedJSONParser:
         """Take in one decoded object; C{event} is its SSE event name, if any."""
         raise NotImplementedError
 
+    def can_skip(self, data: str) -> bool:
+        """
+        Whether an SSE data field certainly holds nothing new for this parser,
+        so it need not be decoded (most chunks of a long stream).  A false
+        "no" only costs a json.loads; a wrong "yes" would lose usage.
+        """
+        return False
+
     def result(self, complete: bool) -> Usage:
         """The usage of the whole body; C{complete} is False if it was cut short."""
         raise NotImplementedError
@@ -256,7 +264,8 @@ class StreamedJSONParser:
         return Usage(status, model=self.model or self.fallback_model)
 
     def _accept_event(self, event: SSEEvent) -> None:
-        if event.data == "[DONE]":  # OpenAI's end marker: expected, not garbage
+        if event.data == "[DONE]" or (self._understood and self.can_skip(event.data)):
+            # ([DONE] is OpenAI's end marker: expected, not garbage.)
             self._understood += 1
             return
         try:

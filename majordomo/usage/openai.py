@@ -13,6 +13,7 @@ from a client that did not ask (L{UsageChunkFilter}).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -32,6 +33,8 @@ from majordomo.usage import (
 _USAGE_ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses")
 
 # Responses API stream events that carry the final Response object.
+# A non-null usage object: the one thing in a chat chunk the gateway needs.
+_USAGE_OBJECT = re.compile(r'"usage"\s*:\s*\{')
 _TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
@@ -96,6 +99,16 @@ class OpenAIStreamParser(StreamedJSONParser):
         self._usage: Usage | None = None
         self._service_tier: str | None = None
 
+    def can_skip(self, data: str) -> bool:
+        # Once the model is known, a chat chunk without a usage object teaches
+        # nothing.  (Inside a JSON string a quote is escaped, so content cannot
+        # fake the pattern; Responses events all mention "response.".)
+        return (
+            self.model is not None
+            and _USAGE_OBJECT.search(data) is None
+            and '"response.' not in data
+        )
+
     def on_object(self, event: str | None, obj: dict[str, Any]) -> None:
         kind = obj.get("type")
         if isinstance(kind, str) and kind.startswith("response."):
@@ -158,7 +171,7 @@ def inject_include_usage(body: bytes) -> tuple[bytes, bool]:
 
 def is_usage_chunk(data: str) -> bool:
     """Whether an SSE data field is the usage-only chunk that include_usage adds."""
-    if '"usage"' not in data:
+    if _USAGE_OBJECT.search(data) is None:  # most chunks: "usage":null or none at all
         return False
     try:
         chunk = json.loads(data)
