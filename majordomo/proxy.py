@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_proxy -*-
+# -*- test-case-name: tests.test_gateway -*-
 """
 The reverse proxy: authenticate, pick the provider, forward with treq, stream
 the answer back chunk by chunk while the usage parser reads along, then hand
@@ -18,11 +18,9 @@ from urllib.parse import parse_qsl
 
 from twisted.internet import defer, error
 from twisted.internet.error import ConnectError, ConnectionRefusedError, DNSLookupError
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http
-from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceived
+from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from twisted.web.resource import Resource
@@ -30,39 +28,18 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from majordomo import metadata, providers
 from majordomo.bodies import Exchange
+from majordomo.headers import NOT_FORWARDED, forwardable, header_list, header_map
 from majordomo.ids import uuid7
 from majordomo.keys import hash_key
 from majordomo.metrics import GatewayMetrics
 from majordomo.record import CLIENT_CLOSED_REQUEST, RequestRecord
+from majordomo.relay import BodyRelay, ClientWatch
 from majordomo.upstream import UpstreamClient
 from majordomo.usage import make_usage_parser
 from majordomo.usage.openai import UsageChunkFilter, inject_include_usage
 
 log = Logger()
 
-MAJORDOMO_HEADER_PREFIX = b"x-majordomo-"
-# Hop-by-hop headers (RFC 9110 7.6.1) and those the HTTP client sets itself.
-_NOT_FORWARDED = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"trailers",
-        b"transfer-encoding",
-        b"upgrade",
-        b"host",
-        # The body is relayed as it arrives, possibly changed in length: treq
-        # asks the provider for gzip and hands us the decoded bytes, and an
-        # injected usage chunk is removed.  twisted.web frames it (chunked).
-        b"content-length",
-        # treq sets its own (gzip, which it decodes) so usage can be read.
-        b"accept-encoding",
-    }
-)
 # Streams on these paths carry usage only when asked (stream_options.include_usage).
 _USAGE_ON_REQUEST_PATHS = ("/chat/completions", "/completions")
 # Azure rejects stream_options before this api-version (USAGE-SPEC.md 2.7).
@@ -99,26 +76,6 @@ class Gateway:
     body_capture_limit: int = 32 * 1024 * 1024
 
 
-def _forwardable(headers: Headers) -> Headers:
-    """Request headers for the upstream: no hop-by-hop, no X-Majordomo-*."""
-    connection_tokens = {
-        token.strip().lower()
-        for value in headers.getRawHeaders(b"connection", [])
-        for token in value.split(b",")
-    }
-    out = Headers()
-    for name, values in headers.getAllRawHeaders():
-        lower = name.lower()
-        if (
-            lower in _NOT_FORWARDED
-            or lower in connection_tokens
-            or lower.startswith(MAJORDOMO_HEADER_PREFIX)
-        ):
-            continue
-        out.setRawHeaders(name, values)
-    return out
-
-
 def _log_request(row: dict[str, Any]) -> None:
     """One line per request: what it was, what it used, what it cost.  No secrets."""
     log.info(
@@ -143,21 +100,6 @@ _LOGGED_FIELDS = (
     "duration_ms",
     "ttfb_ms",
 )
-
-
-def _header_list(headers: Headers) -> list[tuple[str, str]]:
-    return [
-        (name.decode("latin-1"), value.decode("latin-1"))
-        for name, values in headers.getAllRawHeaders()
-        for value in values
-    ]
-
-
-def _header_map(headers: Headers) -> dict[str, str]:
-    return {
-        name.decode("latin-1").lower(): values[-1].decode("latin-1")
-        for name, values in headers.getAllRawHeaders()
-    }
 
 
 class ProxyResource(Resource):
@@ -207,7 +149,7 @@ class ProxyResource(Resource):
         arrived = gateway.clock.seconds()
         uri = request.uri.decode("latin-1")
         query = uri.split("?", 1)[1] if "?" in uri else ""
-        headers = _header_map(request.requestHeaders)
+        headers = header_map(request.requestHeaders)
 
         chosen = headers.get("x-majordomo-provider", "").strip().lower()
         provider = chosen or providers.detect_provider(uri)
@@ -251,13 +193,13 @@ class ProxyResource(Resource):
             body, strip_usage_chunk = inject_include_usage(body)
 
         request.setHeader(b"x-majordomo-request-id", str(record.id).encode("ascii"))
-        client = _ClientWatch(request)
+        client = ClientWatch(request)
         forwarded = gateway.clock.seconds()
         upstream = client.track(
             gateway.upstream.request(
                 request.method,
                 gateway.base_url(provider).encode("ascii") + request.uri,
-                _forwardable(request.requestHeaders),
+                forwardable(request.requestHeaders),
                 body or None,
                 gateway.response_timeout,
             )
@@ -279,7 +221,7 @@ class ProxyResource(Resource):
             request_model=facts.model,
             usage_requested=may_ask or provider not in (providers.OPENAI, providers.AZURE),
         )
-        relay = _BodyRelay(
+        relay = BodyRelay(
             request,
             client,
             parser,
@@ -304,10 +246,10 @@ class ProxyResource(Resource):
                         arrived=arrived,
                         method=record.method,
                         path=uri,
-                        request_headers=_header_list(request.requestHeaders),
+                        request_headers=header_list(request.requestHeaders),
                         request_body=body,
                         status_code=response.code,
-                        response_headers=_header_list(request.responseHeaders),
+                        response_headers=header_list(request.responseHeaders),
                         response_body=bytes(relay.captured),
                     )
                 )
@@ -360,7 +302,7 @@ class ProxyResource(Resource):
     ) -> None:
         gateway = self._gateway
         arrived = gateway.clock.seconds()
-        headers = _header_map(request_headers)
+        headers = header_map(request_headers)
         key = headers.get("x-majordomo-key")
         api_key = await gateway.authenticate(hash_key(key)) if key else None
         if api_key is None:
@@ -385,7 +327,7 @@ class ProxyResource(Resource):
         request.setResponseCode(response.code, response.phrase)
         request.defaultContentType = None
         for name, values in response.headers.getAllRawHeaders():
-            if name.lower() not in _NOT_FORWARDED and any(values):
+            if name.lower() not in NOT_FORWARDED and any(values):
                 # (treq's gzip decoder leaves an empty Content-Encoding behind.)
                 request.responseHeaders.setRawHeaders(name, values)
 
@@ -397,7 +339,7 @@ class ProxyResource(Resource):
         request.finish()
 
     def _upstream_failed(
-        self, request: Request, record: RequestRecord, client: _ClientWatch, failure: Failure
+        self, request: Request, record: RequestRecord, client: ClientWatch, failure: Failure
     ) -> None:
         maybe_billed = True
         if client.gone:
@@ -476,113 +418,3 @@ def _json_or_none(body: bytes) -> Any:
         return json.loads(body)
     except ValueError:
         return None  # malformed bodies are still forwarded; the provider answers
-
-
-class _ClientWatch:
-    """
-    Follows the client's connection for one exchange: when the client goes
-    away, whatever is in progress upstream (the request, or the body being
-    relayed) is stopped at once.
-    """
-
-    def __init__(self, request: Request) -> None:
-        self.gone = False
-        self._pending: defer.Deferred[Any] | None = None
-        self._producer: Any = None
-        request.notifyFinish().addErrback(self._lost)
-
-    def track(self, pending: defer.Deferred[Any]) -> defer.Deferred[Any]:
-        """Cancel C{pending} if the client leaves before it fires."""
-        self._pending = pending
-        return pending
-
-    def relaying(self, producer: Any) -> None:
-        """Stop C{producer} (the upstream body) if the client leaves."""
-        self._pending = None
-        self._producer = producer
-
-    def _lost(self, failure: Failure) -> None:
-        self.gone = True
-        if self._pending is not None and not self._pending.called:
-            self._pending.cancel()
-        if self._producer is not None:
-            self._producer.stopProducing()
-
-
-class _BodyRelay(Protocol):
-    """
-    Writes each upstream body chunk to the client as it arrives and feeds it to
-    the usage parser.  The upstream transport is registered as the client
-    request's producer, so a slow client pauses the upstream.
-    """
-
-    def __init__(
-        self,
-        request: Request,
-        client: _ClientWatch,
-        parser: Any,
-        usage_filter: UsageChunkFilter | None,
-        idle_timeout: float,
-        clock: Any,
-        capture: int = 0,
-    ) -> None:
-        self._request = request
-        self._capture = capture
-        self.captured = bytearray()  # what the client got, up to `capture` bytes
-        self._client = client
-        self._parser = parser
-        self._filter = usage_filter
-        self._idle_timeout = idle_timeout
-        self._idle: Any = clock.callLater(idle_timeout, self._went_idle)
-        self.done: defer.Deferred[bool] = defer.Deferred()
-        self.error_message: str | None = None
-
-    def _went_idle(self) -> None:
-        """The upstream sent nothing for idle_timeout seconds: cut it off."""
-        self._idle = None
-        self.error_message = (
-            f"Upstream sent nothing for {self._idle_timeout:g}s (upstream.idle_timeout); "
-            "response cut"
-        )
-        if self.transport is not None:
-            self.transport.stopProducing()  # type: ignore[attr-defined]
-
-    def connectionMade(self) -> None:
-        if self._client.gone:
-            self.error_message = "Client disconnected before the response was complete"
-            self.transport.stopProducing()  # type: ignore[union-attr]
-            return
-        self._request.registerProducer(self.transport, True)
-        self._client.relaying(self.transport)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._idle is not None:
-            self._idle.reset(self._idle_timeout)
-        self._parser.feed(data)
-        if self._client.gone:
-            return
-        if self._filter is not None:
-            data = self._filter.filter(data)
-        self._send(data)
-
-    def _send(self, data: bytes) -> None:
-        """To the client, and kept for body storage (up to the capture limit)."""
-        if data:
-            self._request.write(data)
-            if len(self.captured) < self._capture:
-                self.captured += data[: self._capture - len(self.captured)]
-
-    def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
-        if self._client.gone:
-            self.error_message = "Client disconnected before the response was complete"
-        else:
-            if self._filter is not None:
-                self._send(self._filter.flush())
-            self._request.unregisterProducer()
-        complete = reason.check(ResponseDone, http.PotentialDataLoss) is not None
-        if not complete and self.error_message is None:
-            self.error_message = f"Upstream body incomplete: {reason.getErrorMessage()}"
-        self.done.callback(complete and not self._client.gone)

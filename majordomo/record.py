@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_proxy -*-
+# -*- test-case-name: tests.test_logwriter -*-
 """
 One request's row in C{llm_requests}, built up as the request goes through
 the gateway and handed to the log writer as a plain dict of column values.

@@ -10,6 +10,7 @@ A token count of C{None} means "unknown" and is stored as NULL, never as 0.
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -193,7 +194,7 @@ class JSONBodyParser:
         return self._read(body, self._fallback)
 
 
-class StreamedJSONParser:
+class StreamedJSONParser(ABC):
     """
     Base of the streaming parsers: splits the body into JSON objects, from
     server-sent events or from Gemini's streamed JSON array, and hands each
@@ -211,9 +212,9 @@ class StreamedJSONParser:
         self._saw_bytes = False
         self._understood = 0
 
+    @abstractmethod
     def on_object(self, event: str | None, obj: dict[str, Any]) -> None:
         """Take in one decoded object; C{event} is its SSE event name, if any."""
-        raise NotImplementedError
 
     def can_skip(self, data: str) -> bool:
         """
@@ -223,9 +224,9 @@ class StreamedJSONParser:
         """
         return False
 
+    @abstractmethod
     def result(self, complete: bool) -> Usage:
         """The usage of the whole body; C{complete} is False if it was cut short."""
-        raise NotImplementedError
 
     def feed(self, data: bytes) -> None:
         if not data:
