@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
@@ -128,6 +128,28 @@ class FixedUsageParser:
 
     def finish(self, complete: bool = True) -> Usage:
         return self._usage
+
+
+def usage_from_document(
+    body: Any,
+    fallback_model: str | None,
+    model_key: str,
+    usage_key: str,
+    read_usage: Callable[[Any], Usage | None],
+    service_tier_key: str | None = None,
+) -> Usage:
+    """
+    The usage of a non-streamed response object: the provider's usage
+    member read by C{read_usage}, with the model the body reports.
+    """
+    if not isinstance(body, dict):
+        return Usage(UNPARSEABLE, model=fallback_model)
+    model = text_or_none(body.get(model_key)) or fallback_model
+    usage = read_usage(body.get(usage_key))
+    if usage is None:
+        return Usage(UNPARSEABLE, model=model)
+    tier = text_or_none(body.get(service_tier_key)) if service_tier_key else usage.service_tier
+    return replace(usage, model=model, service_tier=tier)
 
 
 def error_usage(model: str | None) -> Usage:

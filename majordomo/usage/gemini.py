@@ -23,8 +23,8 @@ from majordomo.usage import (
     UNPARSEABLE,
     StreamedJSONParser,
     Usage,
-    text_or_none,
     tokens,
+    usage_from_document,
 )
 
 _MODEL_IN_PATH = re.compile(r"/(?:models|tunedModels)/([^/:]+):")
@@ -86,13 +86,9 @@ def usage_from_metadata(metadata: Any) -> Usage | None:
 
 def usage_from_body(body: Any, fallback_model: str | None) -> Usage:
     """The usage of a non-streamed C{GenerateContentResponse}."""
-    if not isinstance(body, dict):
-        return Usage(UNPARSEABLE, model=fallback_model)
-    model = text_or_none(body.get("modelVersion")) or fallback_model
-    usage = usage_from_metadata(body.get("usageMetadata"))
-    if usage is None:
-        return Usage(UNPARSEABLE, model=model)
-    return replace(usage, model=model)
+    return usage_from_document(
+        body, fallback_model, "modelVersion", "usageMetadata", usage_from_metadata
+    )
 
 
 def _is_final(chunk: dict[str, Any]) -> bool:

@@ -28,6 +28,7 @@ from majordomo.usage import (
     has_count,
     text_or_none,
     tokens,
+    usage_from_document,
 )
 
 _USAGE_ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses")
@@ -76,13 +77,9 @@ def usage_from_usage(usage: Any) -> Usage | None:
 
 def usage_from_body(body: Any, fallback_model: str | None) -> Usage:
     """The usage of a non-streamed response body."""
-    if not isinstance(body, dict):
-        return Usage(UNPARSEABLE, model=fallback_model)
-    model = text_or_none(body.get("model")) or fallback_model
-    usage = usage_from_usage(body.get("usage"))
-    if usage is None:
-        return Usage(UNPARSEABLE, model=model)
-    return replace(usage, model=model, service_tier=text_or_none(body.get("service_tier")))
+    return usage_from_document(
+        body, fallback_model, "model", "usage", usage_from_usage, service_tier_key="service_tier"
+    )
 
 
 class OpenAIStreamParser(StreamedJSONParser):
