@@ -188,9 +188,7 @@ class ProxyResource(Resource):
         record.provider_alias = found.provider_alias
 
         may_ask = _may_ask_for_usage(provider, uri.split("?")[0], query)
-        strip_usage_chunk = False
-        if may_ask:
-            body, strip_usage_chunk = inject_include_usage(body)
+        sent_body, strip_usage_chunk = inject_include_usage(body) if may_ask else (body, False)
 
         request.setHeader(b"x-majordomo-request-id", str(record.id).encode("ascii"))
         client = ClientWatch(request)
@@ -200,7 +198,7 @@ class ProxyResource(Resource):
                 request.method,
                 gateway.base_url(provider).encode("ascii") + request.uri,
                 forwardable(request.requestHeaders),
-                body or None,
+                sent_body or None,
                 gateway.response_timeout,
             )
         )
@@ -247,7 +245,7 @@ class ProxyResource(Resource):
                         method=record.method,
                         path=uri,
                         request_headers=header_list(request.requestHeaders),
-                        request_body=body,
+                        request_body=body,  # as the client sent it
                         status_code=response.code,
                         response_headers=header_list(request.responseHeaders),
                         response_body=bytes(relay.captured),

@@ -143,6 +143,31 @@ class S3BodyTests(GatewayTestCase):
 
         return support.as_deferred(go())
 
+    def test_injected_usage_not_stored(self) -> defer.Deferred[None]:
+        """
+        For a stream whose client did not ask for usage, the object holds the
+        client's request (no stream_options) and the stream the client got
+        (without the usage chunk the gateway asked for).
+        """
+        vector = load_vector(f"{VECTORS}/03_openai_chat_stream_include_usage.json")
+        self.upstream.queue = [
+            support.Canned(
+                headers={"Content-Type": "text/event-stream"},
+                chunks=[vector["response_body"].encode()],
+            )
+        ]
+        request = {**GUIDE_BODY, "stream": True}
+
+        async def go() -> None:
+            _, received = await self.post("/v1/chat/completions", request, X_Majordomo_Key=self.key)
+            (row,) = await self.rows()
+            document = await self.fetch(row["s3_key"])
+            self.assertEqual(document["request"]["body"], request)
+            self.assertEqual(document["response"]["body"], received.decode())
+            self.assertNotIn('"prompt_tokens"', document["response"]["body"])
+
+        return support.as_deferred(go())
+
 
 class PostgresBodyTests(GatewayTestCase):
     """logging.body_storage: postgres keeps bodies in the row, cut at max_body_size."""
