@@ -27,26 +27,12 @@ from majordomo.usage import (
     make_usage_parser,
 )
 from majordomo.usage.openai import UsageChunkFilter, inject_include_usage, usage_from_body
+from tests.vectors import TOKEN_FIELDS
 
 VECTORS_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "vectors")
 
 # The keys of a vector's "expected" that are Usage fields (or its property).
-USAGE_KEYS = (
-    "input_tokens",
-    "cached_tokens",
-    "cache_creation_tokens",
-    "cache_creation_5m_tokens",
-    "cache_creation_1h_tokens",
-    "input_audio_tokens",
-    "tool_use_prompt_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "output_audio_tokens",
-    "web_search_requests",
-    "usage_status",
-    "model",
-    "uncached_input_tokens",
-)
+USAGE_KEYS = (*TOKEN_FIELDS, "usage_status", "model", "uncached_input_tokens")
 
 SSE = "text/event-stream; charset=utf-8"
 JSON = "application/json"
