@@ -9,6 +9,8 @@ import dataclasses
 import gzip
 import json
 import os
+import re
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -226,3 +228,17 @@ def as_deferred(coroutine: Any) -> defer.Deferred[Any]:
 async def sleep(seconds: float) -> None:
     """Let the reactor run for C{seconds}."""
     await task.deferLater(reactor, seconds, lambda: None)
+
+
+def create_key(env: dict[str, str], name: str) -> str:
+    """Create an API key with the real `majordomo keys create`; returns the plaintext key."""
+    created = subprocess.run(
+        [MAJORDOMO_BIN, "keys", "create", "--name", name],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    match = re.search(r"Key:  (\S+)", created)
+    assert match is not None, created
+    return match.group(1)

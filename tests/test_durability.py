@@ -7,7 +7,6 @@ answer to.  Real gateway processes, a real PostgreSQL restart.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 
@@ -81,16 +80,7 @@ class GatewayProcessCase(TestCase):
             MAJORDOMO_PROVIDERS_OPENAI_BASE_URL=f"http://127.0.0.1:{port.getHost().port}",
             MAJORDOMO_STORAGE_SPOOL_DIR=self.spool,
         )
-        created = subprocess.run(
-            [support.MAJORDOMO_BIN, "keys", "create", "--name", "durability"],
-            env=self.env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        match = re.search(r"Key:  (\S+)", created)
-        assert match is not None
-        self.key = match.group(1)
+        self.key = support.create_key(self.env, "durability")
 
     async def start_gateway(self, **env: str) -> tuple[subprocess.Popen[bytes], str]:
         port = free_port()

@@ -6,7 +6,6 @@ from bench/stream_latency.py, not from here.
 
 from __future__ import annotations
 
-import re
 import subprocess
 
 from twisted.internet import defer, protocol, reactor, task
@@ -36,16 +35,7 @@ class LongStreamTests(TestCase):
             MAJORDOMO_SERVER_PORT=str(self.port),
             MAJORDOMO_PROVIDERS_OPENAI_BASE_URL=f"http://127.0.0.1:{self.upstream.getHost().port}",
         )
-        created = subprocess.run(
-            [support.MAJORDOMO_BIN, "keys", "create", "--name", "stream"],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        match = re.search(r"Key:  (\S+)", created)
-        assert match is not None
-        self.key = match.group(1)
+        self.key = support.create_key(env, "stream")
         self.gateway = subprocess.Popen(
             [support.TWISTD_BIN, "--nodaemon", "--pidfile=", "majordomo"],
             env=env,

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import re
 import signal
-import subprocess
 from typing import Any
 
 import treq
@@ -37,16 +35,7 @@ class WorkersTests(TestCase):
             MAJORDOMO_SERVER_PORT=str(port),
             MAJORDOMO_PROVIDERS_OPENAI_BASE_URL=f"http://127.0.0.1:{upstream_port.getHost().port}",
         )
-        created = subprocess.run(
-            [support.MAJORDOMO_BIN, "keys", "create", "--name", "workers"],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        match = re.search(r"Key:  (\S+)", created)
-        assert match is not None
-        key = match.group(1)
+        key = support.create_key(env, "workers")
         out = _Output()
         process = reactor.spawnProcess(
             out, support.MAJORDOMO_BIN, [support.MAJORDOMO_BIN, "serve", "--workers", "2"], env=env

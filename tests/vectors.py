@@ -13,17 +13,9 @@ import re
 from decimal import Decimal
 from typing import Any
 
+from majordomo.pricing_sources import PRICE_FIELDS
+
 VECTORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "vectors")
-PRICE_FIELDS = (
-    "input",
-    "output",
-    "cached_input",
-    "cache_write_5m",
-    "cache_write_1h",
-    "cache_write",
-    "input_audio",
-    "output_audio",
-)
 TOKEN_FIELDS = (
     "input_tokens",
     "cached_tokens",
