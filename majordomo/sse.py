@@ -72,6 +72,27 @@ class SSEParser:
         """
         return self._offset if self._start is None else self._start
 
+    def skippable(self, data: bytes) -> bool:
+        """
+        Whether the parser is between events and C{data} holds only whole
+        events (LF line endings, ending in a blank line), so that a caller who
+        needs none of them may L{skip} it instead of feeding it.  Most chunks
+        of a stream are like this: providers flush one event at a time.
+        """
+        return (
+            self._start is None
+            and not self._buf
+            and not self._skip_lf
+            and not self._first_line
+            and not self.broken
+            and data.endswith(b"\n\n")
+            and b"\r" not in data
+        )
+
+    def skip(self, data: bytes) -> None:
+        """Pass over C{data}, which L{skippable} accepted, without reading it."""
+        self._offset += len(data)
+
     def feed(self, data: bytes) -> list[SSEEvent]:
         """Add the next chunk of the body; return the events it completed."""
         if self.broken or not data:

@@ -99,6 +99,8 @@ class VectorTests(SynchronousTestCase):
             body = vector["response_body"].encode("utf-8")
             if chunking == "whole":
                 chunks = None
+            elif chunking == "events":  # as providers flush: one event per chunk
+                chunks = [len(event) + 2 for event in body.split(b"\n\n")[:-1]]
             elif chunking == "bytes":
                 chunks = [1] * len(body)
             else:
@@ -119,6 +121,13 @@ class VectorTests(SynchronousTestCase):
     def test_byte_at_a_time(self) -> None:
         """Each vector's body fed one byte at a time gives its expected usage."""
         self.check("bytes")
+
+    def test_event_at_a_time(self) -> None:
+        """
+        Each vector's body fed one whole event per chunk, as providers flush
+        (the chunks the parsers pass over unread), gives its expected usage.
+        """
+        self.check("events")
 
     def test_random_chunks(self) -> None:
         """Each vector's body fed in random-sized chunks gives its expected usage."""
@@ -261,6 +270,32 @@ class UsageChunkFilterTests(SynchronousTestCase):
         body = sse(chat_chunk(None, USAGE), chat_chunk(None, USAGE))
         usage_filter = UsageChunkFilter()
         self.assertEqual(usage_filter.filter(body), sse(chat_chunk(None, USAGE)))
+
+    def test_usage_split_over_data_lines(self) -> None:
+        """
+        A usage object whose JSON is spread over several data lines (legal
+        SSE) is still read, and still removed, when whole events arrive one
+        chunk at a time (chunks the parser and filter otherwise pass over).
+        """
+        usage_event = (
+            b'data: {"id":"c","model":"gpt-4o-mini","choices":[],"usage"\n'
+            b'data: :\ndata: {"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}\n\n'
+        )
+        body = sse(chat_chunk("Hi"), chat_chunk("there")) + usage_event + sse("[DONE]")
+        events = [event + b"\n\n" for event in body.split(b"\n\n")[:-1]]
+        parser = make_usage_parser(
+            "openai",
+            "/v1/chat/completions",
+            status_code=200,
+            content_type="text/event-stream",
+            request_model="gpt-4o-mini",
+        )
+        usage = run(parser, body, [len(event) for event in events])
+        self.assertEqual((usage.usage_status, usage.input_tokens), (COMPLETE, 7))
+        self.assertEqual(usage.output_tokens, 3)
+        usage_filter = UsageChunkFilter()
+        out = b"".join(usage_filter.filter(event) for event in events) + usage_filter.flush()
+        self.assertEqual(out, body.replace(usage_event, b""))
 
 
 class OpenAITests(SynchronousTestCase):

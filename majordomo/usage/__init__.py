@@ -238,11 +238,13 @@ class StreamedJSONParser(ABC):
     def on_object(self, event: str | None, obj: dict[str, Any]) -> None:
         """Take in one decoded object; C{event} is its SSE event name, if any."""
 
-    def can_skip(self, data: str) -> bool:
+    def can_skip(self, text: str) -> bool:
         """
-        Whether an SSE data field certainly holds nothing new for this parser,
-        so it need not be decoded (most chunks of a long stream).  A false
-        "no" only costs a json.loads; a wrong "yes" would lose usage.
+        Whether C{text}, the raw text of whole server-sent events (event names
+        included), certainly holds nothing new for this parser, so it need
+        not be decoded (most chunks of a long stream).  Asked only once an
+        object has been understood.  A false "no" only costs a json.loads; a
+        wrong "yes" would lose usage.
         """
         return False
 
@@ -258,7 +260,15 @@ class StreamedJSONParser(ABC):
             for item in self._array.feed(data):
                 self._accept(None, item)
         elif self._sse is not None:
-            for event in self._sse.feed(data):
+            sse = self._sse
+            if (
+                self._understood
+                and sse.skippable(data)
+                and self.can_skip(data.decode("utf-8", "replace"))
+            ):
+                sse.skip(data)
+                return
+            for event in sse.feed(data):
                 self._accept_event(event)
 
     def finish(self, complete: bool = True) -> Usage:
@@ -287,7 +297,8 @@ class StreamedJSONParser(ABC):
         return Usage(status, model=self.model or self.fallback_model)
 
     def _accept_event(self, event: SSEEvent) -> None:
-        if event.data == "[DONE]" or (self._understood and self.can_skip(event.data)):
+        text = event.data if event.event is None else f"event: {event.event}\n{event.data}"
+        if event.data == "[DONE]" or (self._understood and self.can_skip(text)):
             # ([DONE] is OpenAI's end marker: expected, not garbage.)
             self._understood += 1
             return

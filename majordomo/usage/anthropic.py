@@ -69,6 +69,10 @@ def usage_from_body(body: Any, fallback_model: str | None) -> Usage:
     return usage_from_document(body, fallback_model, "model", "usage", usage_from_usage)
 
 
+# The stream events whose objects AnthropicStreamParser reads.
+_EVENTS_READ = ("message_start", "message_delta", "message_stop", "error")
+
+
 class AnthropicStreamParser(StreamedJSONParser):
     """
     Usage of a streamed Message.  Without a C{message_delta} (the stream was
@@ -81,6 +85,13 @@ class AnthropicStreamParser(StreamedJSONParser):
         self._delta_seen = False
         self._stopped = False
         self._failed = False
+
+    def can_skip(self, text: str) -> bool:
+        # Only these kinds of event matter; the many content_block_delta
+        # events between them do not.  Their names cannot be split or faked
+        # by content (the text would have to mention them, which only costs
+        # a json.loads).
+        return self.model is not None and not any(kind in text for kind in _EVENTS_READ)
 
     def on_object(self, event: str | None, obj: dict[str, Any]) -> None:
         kind = obj.get("type", event)

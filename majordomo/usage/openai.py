@@ -33,9 +33,13 @@ from majordomo.usage import (
 
 _USAGE_ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses")
 
-# Responses API stream events that carry the final Response object.
 # A non-null usage object: the one thing in a chat chunk the gateway needs.
-_USAGE_OBJECT = re.compile(r'"usage"\s*:\s*\{')
+# Also found in raw event text, where a data field split over several lines
+# puts "data:" prefixes between the JSON tokens.
+_USAGE_PATTERN = r'"usage"(?:\s|data:)*:(?:\s|data:)*\{'
+_USAGE_OBJECT = re.compile(_USAGE_PATTERN)
+_USAGE_OBJECT_BYTES = re.compile(_USAGE_PATTERN.encode())
+# Responses API stream events that carry the final Response object.
 _TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
@@ -96,14 +100,14 @@ class OpenAIStreamParser(StreamedJSONParser):
         self._usage: Usage | None = None
         self._service_tier: str | None = None
 
-    def can_skip(self, data: str) -> bool:
+    def can_skip(self, text: str) -> bool:
         # Once the model is known, a chat chunk without a usage object teaches
         # nothing.  (Inside a JSON string a quote is escaped, so content cannot
         # fake the pattern; Responses events all mention "response.".)
         return (
             self.model is not None
-            and _USAGE_OBJECT.search(data) is None
-            and '"response.' not in data
+            and _USAGE_OBJECT.search(text) is None
+            and '"response.' not in text
         )
 
     def on_object(self, event: str | None, obj: dict[str, Any]) -> None:
@@ -202,6 +206,13 @@ class UsageChunkFilter:
         """Take the next chunk of the stream; return what may go to the client now."""
         if self._parser.broken:
             return data
+        if not self._held and self._lf_at is None:
+            if self._removed:
+                return data  # nothing is left to remove or hold
+            if self._parser.skippable(data) and _USAGE_OBJECT_BYTES.search(data) is None:
+                self._parser.skip(data)  # whole events, none of them usage-only
+                self._base += len(data)
+                return data
         self._held += data
         out = bytearray()
         for event in self._parser.feed(data):
