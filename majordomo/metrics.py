@@ -35,6 +35,7 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter(
             "majordomo_requests", "Requests proxied", ["provider", "model", "status"], registry=r
@@ -96,22 +97,39 @@ class GatewayMetrics:
     ) -> None:
         """Record one finished request (answered or not)."""
         model = (usage.model if usage else None) or ""
-        self.requests.labels(provider, model, str(status)).inc()
-        self.duration.labels(provider).observe(duration)
+        child = self._child
+        child(self.requests, provider, model, str(status)).inc()
+        child(self.duration, provider).observe(duration)
         if ttfb is not None:
-            self.ttfb.labels(provider).observe(ttfb)
+            child(self.ttfb, provider).observe(ttfb)
         if overhead is not None:
             self.overhead.observe(overhead)
         if usage is None:
             return
-        for kind in ("input", "output", "cached", "reasoning"):
-            count = getattr(usage, f"{kind}_tokens")
+        for kind, count in (
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+            ("cached", usage.cached_tokens),
+            ("reasoning", usage.reasoning_tokens),
+        ):
             if count:
-                self.tokens.labels(provider, model, kind).inc(count)
+                child(self.tokens, provider, model, kind).inc(count)
         if cost is not None and cost.total_cost:
-            self.cost.labels(provider, model).inc(float(cost.total_cost))
+            child(self.cost, provider, model).inc(float(cost.total_cost))
         if cost is not None and not cost.priced and usage.input_tokens:
-            self.unpriced.labels(provider, model).inc()
+            child(self.unpriced, provider, model).inc()
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """
+        C{metric.labels(*labels)}, remembered: labels() validates its
+        arguments and takes a lock on every call.  (The metric keeps every
+        child it made anyway, so this holds nothing more.)
+        """
+        key = (metric, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def batch_written(self, seconds: float, ok: bool) -> None:
         """The log writer finished (or failed) one batch."""

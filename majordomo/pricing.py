@@ -100,6 +100,10 @@ class Cost:
     match_kind: str | None = None
 
 
+# Distinct (provider, model) lookups a book remembers.
+_LOOKUPS_KEPT = 4096
+
+
 class PriceBook:
     """
     Immutable prices for every model we can price; swap the whole book to
@@ -123,6 +127,9 @@ class PriceBook:
         self._tables = tables
         self._remote: PriceTables = remote or {}
         self._overrides: Mapping[str, ModelPrice] = overrides or {}
+        # lookup() answers, kept because the book never changes; bounded, since
+        # model names come from clients and upstreams.
+        self._found: dict[tuple[str, str | None], PriceMatch | None] = {}
 
     @classmethod
     def bundled(cls) -> PriceBook:
@@ -162,6 +169,16 @@ class PriceBook:
         Nothing else: no prefix or substring matching, so C{gpt-4o-mini} can
         never be priced as C{gpt-4o}.  Another provider prices nothing.
         """
+        try:
+            return self._found[provider, model]
+        except KeyError:
+            pass
+        match = self._lookup(provider, model)
+        if len(self._found) < _LOOKUPS_KEPT:
+            self._found[provider, model] = match
+        return match
+
+    def _lookup(self, provider: str, model: str | None) -> PriceMatch | None:
         key = normalise_model(model or "")
         if not key or provider not in _TABLES:
             return None

@@ -96,6 +96,30 @@ class GuideTests(GatewayTestCase):
 
         return support.as_deferred(go())
 
+    def test_one_log_line_per_request(self) -> defer.Deferred[None]:
+        """
+        Each request logs one line with what it was, its tokens, cost and
+        time, and carries the same facts as fields (for JSON logs); the
+        provider key never appears.
+        """
+
+        async def go() -> None:
+            with capturedLogs() as events:
+                response, _ = await self._step6()
+            [event] = [e for e in events if "request_line" in e]
+            self.assertRegex(
+                formatEvent(event),
+                r"^POST /v1/chat/completions 200 gpt-4o-mini-2024-07-18 in=19 out=10 "
+                r"cost=0\.00000885 \d+ms$",
+            )
+            self.assertEqual(
+                event["id"], response.headers.getRawHeaders("x-majordomo-request-id")[0]
+            )
+            self.assertEqual((event["input_tokens"], event["usage_status"]), (19, "complete"))
+            self.assertNotIn("sk-test-provider-key", repr(event))
+
+        return support.as_deferred(go())
+
     def test_guide_queries(self) -> defer.Deferred[None]:
         """
         Every SQL query in the guide runs on the rows the gateway wrote and

@@ -12,6 +12,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from majordomo import pricing
 from majordomo.pricing import BUNDLED_VERSION, Cost, PriceBook, describe
 from majordomo.pricing_sources import (
     ModelPrice,
@@ -452,6 +453,28 @@ class OverrideTests(SynchronousTestCase):
         book = book.with_overrides({"acme-model-1": {"input": 1, "output": 2}})
         self.assertIsNotNone(book.lookup("openai", "ACME-model-1"))
         self.assertGreater(len(book), len(PriceBook.bundled()))
+
+    def test_lookups_remembered_per_book(self) -> None:
+        """
+        A book answers a repeated lookup from memory, a book with new prices
+        does not reuse the old book's answers, and what a book remembers is
+        bounded (model names come from clients).
+        """
+        book = PriceBook.bundled()
+        first = book.lookup("openai", "gpt-4o-2024-08-06")
+        self.assertIs(book.lookup("openai", "gpt-4o-2024-08-06"), first)
+        self.assertIsNone(book.lookup("openai", "acme-model-1"))
+        repriced = book.with_overrides(
+            {"gpt-4o-2024-08-06": {"input": 2}, "acme-model-1": {"input": 1, "output": 2}}
+        )
+        match = repriced.lookup("openai", "gpt-4o-2024-08-06")
+        assert match is not None
+        self.assertEqual(match.price.input, per_million("2"))
+        self.assertIsNotNone(repriced.lookup("openai", "acme-model-1"))
+        for n in range(pricing._LOOKUPS_KEPT + 10):
+            book.lookup("openai", f"made-up-model-{n}")
+        self.assertEqual(len(book._found), pricing._LOOKUPS_KEPT)
+        self.assertIs(book.lookup("openai", "gpt-4o-2024-08-06"), first)
 
     def test_per_field_merge(self) -> None:
         """An override changes only the fields it gives; the table keeps the rest."""
