@@ -9,7 +9,9 @@ flush the log writer, then close the database and the upstream pool.
 
 from __future__ import annotations
 
+import os
 import socket
+import sys
 import weakref
 from typing import Any
 
@@ -79,6 +81,13 @@ class _QuietSite(Site):
         pass
 
 
+def _exit_failed() -> None:
+    """End the process at once with status 1 (its log lines are already written)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
 class GatewayService(service.MultiService):
     """Majordomo Gateway as one twistd service."""
 
@@ -86,6 +95,9 @@ class GatewayService(service.MultiService):
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
+        # Called after the reactor has stopped when the gateway could not
+        # start; ends the process.  Tests running in-process replace it.
+        self.on_fatal: Any = _exit_failed
         self.config = config
         self._reactor = reactor
         self.db = Database(config.storage.postgres, reactor=reactor)
@@ -159,7 +171,7 @@ class GatewayService(service.MultiService):
             self.writer.replay(self.spool.open())
         except SpoolError as e:
             log.critical("Cannot start: {error} (storage.spool_dir)", error=e)
-            self._reactor.stop()
+            self._failed_to_start()
             return
         self.writer.startService()
         bodies_started = self.bodies.start()
@@ -174,13 +186,23 @@ class GatewayService(service.MultiService):
             self.port = yield self._listen(host, port)
         except Exception as e:
             log.critical("Cannot listen on {host}:{port}: {error}", host=host, port=port, error=e)
-            self._reactor.stop()
+            self._failed_to_start()
             return
         yield self.db.start()
         log.info("Connected to PostgreSQL")
         self.key_cache.start()  # not waited for: lookups use PostgreSQL until it listens
         self.pricing.startService()
         log.info("Pricing data loaded ({count} models)", count=len(self.pricing.book))
+
+    def _failed_to_start(self) -> None:
+        """
+        Stop the process with exit status 1, so that systemd's
+        Restart=on-failure tries again and nobody mistakes a gateway that
+        does not serve for a running one.  (twistd calls startService before
+        its reactor runs, and knows no exit status but 0.)
+        """
+        self._reactor.callWhenRunning(self._reactor.stop)
+        self._reactor.addSystemEventTrigger("after", "shutdown", self.on_fatal)
 
     def _listen(self, host: str, port: int) -> defer.Deferred[Any]:
         """Listen; with server.reuse_port, on a socket other processes may share."""

@@ -125,6 +125,29 @@ class TwistdSmokeTests(_ProcessCase):
 
         return support.as_deferred(go())
 
+    def test_port_in_use_exits_with_failure(self) -> defer.Deferred[None]:
+        """
+        A gateway that cannot listen says why and exits with status 1, both as
+        `twistd majordomo` (what systemd runs, Restart=on-failure) and as
+        `majordomo serve`, instead of running on without serving.
+        """
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        self.addCleanup(taken.close)
+        port = taken.getsockname()[1]
+
+        async def go() -> None:
+            for args in (
+                [support.TWISTD_BIN, "--nodaemon", "--pidfile=", "majordomo"],
+                [support.MAJORDOMO_BIN, "serve"],
+            ):
+                out = self._spawn(args, port)
+                self.assertEqual(await out.ended, 1, out.output)
+                self.assertIn(f"Cannot listen on 127.0.0.1:{port}", out.output.decode())
+
+        return support.as_deferred(go())
+
     def test_serve_config_error(self) -> defer.Deferred[None]:
         """A bad config value stops `majordomo serve` with one line naming the key."""
         out = self._spawn([support.MAJORDOMO_BIN, "serve"], 99999)
