@@ -102,12 +102,13 @@ class OpenAIStreamParser(StreamedJSONParser):
 
     def can_skip(self, text: str) -> bool:
         # Once the model is known, a chat chunk without a usage object teaches
-        # nothing.  (Inside a JSON string a quote is escaped, so content cannot
-        # fake the pattern; Responses events all mention "response.".)
+        # nothing, nor does a Responses event other than the terminal ones.
+        # (Inside a JSON string a quote is escaped, so content cannot fake the
+        # usage pattern; content naming a terminal event only costs a decode.)
         return (
             self.model is not None
             and _USAGE_OBJECT.search(text) is None
-            and '"response.' not in text
+            and not any(name in text for name in _TERMINAL_EVENTS)
         )
 
     def on_object(self, event: str | None, obj: dict[str, Any]) -> None:
