@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -28,8 +29,27 @@ from zope.interface import implementer
 WORKER_ENV = "MAJORDOMO_WORKER"
 
 
+# A format that is one whole field, as in Twisted's own "{log_io}": the gateway
+# logs its per-request line this way, already made.
+_ONE_FIELD = re.compile(r"\{(\w+)\}")
+
+
+def _message(event: dict[str, Any]) -> str:
+    """
+    The event's text.  A one-field format naming a string is that string
+    (what twisted.logger's formatting would give, at half the cost of the
+    whole log call: it runs once per request).
+    """
+    form = event.get("log_format")
+    if form is not None and "log_failure" not in event:
+        field = _ONE_FIELD.fullmatch(form)
+        if field is not None and isinstance(value := event.get(field[1]), str):
+            return value
+    return eventAsText(event, includeTimestamp=False, includeSystem=False)
+
+
 def _format(event: dict[str, Any]) -> str:
-    text = eventAsText(event, includeTimestamp=False, includeSystem=False)
+    text = _message(event)
     level = event.get("log_level")
     if level is not None and level >= LogLevel.warn:
         text = f"{level.name.upper()}: {text}"
@@ -68,7 +88,7 @@ def _json_line(event: dict[str, Any]) -> str:
         "time": datetime.fromtimestamp(event.get("log_time", 0), UTC).isoformat(),
         "level": level.name if level is not None else "info",
         "namespace": event.get("log_namespace"),
-        "message": eventAsText(event, includeTimestamp=False, includeSystem=False),
+        "message": _message(event),
     }
     worker = os.environ.get(WORKER_ENV)
     if worker:
