@@ -8,7 +8,8 @@
    logging to PostgreSQL; the gateway logging to PostgreSQL with S3 bodies
    (moto's server on loopback).  "Added" latency is the target's percentile
    minus the upstream's at the same concurrency.  Peak RSS and CPU time of
-   the process under test are read from /proc.
+   the process under test are read from /proc.  Then the two ratio targets
+   again, the pass-through and the gateway taking turns (bench/paired.py).
 2. Streams (bench/streams.py in its own process): 1,000 concurrent streams
    through one gateway process (a chunk every 50 ms): completion, stalls,
    rows, memory per open stream; then 500 streams of 100 chunks 20 ms apart
@@ -18,10 +19,10 @@
 
 Results are printed and written to docs/BENCHMARKS.md (a dated section).
 Files: harness.py (processes, wrk), procfs.py (/proc), moto_s3.py (step 1's
-S3 target), unpinned.py (steps 2-4), report.py (the markdown).
+S3 target), paired.py (the alternating rounds), unpinned.py (steps 2-4), report.py (the markdown).
 
-    make bench                      # about 6 minutes, 60 s soak
-    make bench SOAK=600             # a 10-minute soak
+    make bench                      # about 8 minutes, 60 s soak
+    make bench SOAK=600             # a 10-minute soak (about 17 minutes)
     make bench BENCH_ARGS=--quick   # tiny sizes, about 2 minutes
     .venv/bin/python bench/run.py [--seconds 10] [--soak 60] [--streams 1000]
                                   [--no-pin] [--quick] [--no-write]
@@ -48,6 +49,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
 import moto_s3  # noqa: E402
+import paired  # noqa: E402
 import procfs  # noqa: E402
 import report  # noqa: E402
 import unpinned  # noqa: E402
@@ -208,12 +210,14 @@ class Bench:
             f"http://127.0.0.1:{pt_port}/",
             self.target_cpus,
         )
+        passthrough.port = pt_port
         self.throughput("passthrough", pt_port, passthrough)
-        passthrough.stop()
 
         before = self.count()
         gw = self.gateway("gateway", self.target_cpus)
         answered = self.throughput("gateway", gw.port, gw)
+        answered += paired.measure(self, passthrough, gw)
+        passthrough.stop()
         gw.stop()
         rows = harness.wait_rows(before + answered) - before
         bad = self.count("status_code <> 200")

@@ -8,7 +8,7 @@ The phases of bench/run.py (`make bench`) that run unpinned:
 - 500 streams of 100 chunks 20 ms apart started over 2 s: directly against
   the upstream, through the bare pass-through, through the gateway.
 - `majordomo serve --workers 2` against one worker, wrk at concurrency 16
-  and 64 (both unpinned: two workers need both CPUs).
+  and 64, in alternating rounds (both unpinned: two workers need both CPUs).
 - Soak: wrk at concurrency 16 for --soak seconds against a fresh gateway,
   RSS every second.  The first 10% (at least 5 s) is warm-up; the baseline is
   the median of the next five samples; "deviation" is relative to it.
@@ -91,17 +91,41 @@ def streams(bench: Any, up_port: int, base: str) -> None:
     bench.results["streams_500"] = results
 
 
+WORKER_ROUNDS = 3
+
+
 def workers(bench: Any) -> None:
-    bench.results["workers"] = {}
-    for n in (1, 2):
-        gw = bench.gateway(f"gateway-workers-{n}", None, workers=n)
-        runs = []
+    """
+    One worker and two side by side (the idle one costs nothing), taking
+    turns under the same load WORKER_ROUNDS times at each concurrency, so that
+    a slow minute of the machine does not fall on one side of the ratio only.
+    "workers" keeps each side's median round; the target uses the median ratio.
+    """
+    gateways = {n: bench.gateway(f"gateway-workers-{n}", None, workers=n) for n in (1, 2)}
+    for gw in gateways.values():
         for c in (16, 64):
             harness.wrk(f"http://127.0.0.1:{gw.port}", c, bench.args.warmup, bench.key, None)
-            runs.append(bench.wrk(gw.port, c, bench.args.seconds, gw))
-            bench.log(f"--workers {n} c={c}: {runs[-1]['rps']:,.0f} req/s")
-        bench.results["workers"][str(n)] = runs
+    rounds: dict[int, list[dict[int, dict]]] = {16: [], 64: []}
+    for number in range(1, WORKER_ROUNDS + 1):
+        for c in (16, 64):
+            pair = {n: bench.wrk(gw.port, c, bench.args.seconds, gw) for n, gw in gateways.items()}
+            rounds[c].append(pair)
+            bench.log(
+                f"workers round {number} c={c}: {pair[1]['rps']:,.0f} vs {pair[2]['rps']:,.0f} "
+                f"req/s ({pair[2]['rps'] / pair[1]['rps']:.2f}x)"
+            )
+    for gw in gateways.values():
         gw.stop()
+
+    def median_run(runs: list[dict]) -> dict:
+        return sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+
+    bench.results["workers"] = {
+        str(n): [median_run([pair[n] for pair in rounds[c]]) for c in (16, 64)] for n in (1, 2)
+    }
+    bench.results["workers_scale"] = {
+        str(c): [pair[2]["rps"] / pair[1]["rps"] for pair in rounds[c]] for c in (16, 64)
+    }
 
 
 def soak(bench: Any) -> None:

@@ -59,11 +59,22 @@ def a_record(now: float) -> dict[str, Any]:
     )
     record.ttfb(now + 0.2)
     usage = Usage(
-        usage_status="complete", model="gpt-4o-mini-2024-07-18", service_tier="default",
-        input_tokens=19, output_tokens=10, cached_tokens=0, cache_creation_tokens=0,
-        reasoning_tokens=0, input_audio_tokens=0, output_audio_tokens=0,
-        raw={"prompt_tokens": 19, "completion_tokens": 10, "total_tokens": 29,
-             "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0}},
+        usage_status="complete",
+        model="gpt-4o-mini-2024-07-18",
+        service_tier="default",
+        input_tokens=19,
+        output_tokens=10,
+        cached_tokens=0,
+        cache_creation_tokens=0,
+        reasoning_tokens=0,
+        input_audio_tokens=0,
+        output_audio_tokens=0,
+        raw={
+            "prompt_tokens": 19,
+            "completion_tokens": 10,
+            "total_tokens": 29,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        },
     )
     return record.finish(now + 0.5, 200, usage, _Cost(), stream=False, error_message=None)
 
@@ -90,8 +101,9 @@ async def memory_per_record(records: int) -> tuple[float, float]:
     unreachable = Database(dataclasses.replace(CONFIG, port=1), reactor=reactor, pool_size=1)
     spool = Spool(tempfile.mkdtemp(prefix="bench-spool-"), 1 << 34)
     spool.open()
-    writer = LogWriter(unreachable, spool, batch_size=500, flush_interval=3600,
-                       memory_limit=records, clock=reactor)
+    writer = LogWriter(
+        unreachable, spool, batch_size=500, flush_interval=3600, memory_limit=records, clock=reactor
+    )
     made = [a_record(time.time()) for _ in range(records)]
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
