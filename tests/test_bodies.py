@@ -33,8 +33,9 @@ from majordomo.bodies import (
     make_body_store,
     object_key,
 )
-from majordomo.bodies_s3 import ParkedBodies, S3BodyStore, UploadTuning
+from majordomo.bodies_s3 import S3BodyStore, UploadTuning
 from majordomo.config import Config, load_config
+from majordomo.parking import ParkedBodies
 from majordomo.spool import Spool
 
 BUCKET = "majordomo-logs"
