@@ -176,8 +176,13 @@ def fresh_database(env: dict[str, str]) -> str:
         sql(f"DROP DATABASE IF EXISTS {DATABASE}", database="postgres")
     subprocess.run([f"{BIN}/majordomo", "db", "init"], env=env, check=True, capture_output=True)
     sql("TRUNCATE llm_requests, llm_requests_metadata_keys, api_keys")
+    return create_key(env)
+
+
+def create_key(env: dict[str, str], name: str = "bench") -> str:
+    """A key made with the real `majordomo keys create`; returns the plaintext key."""
     out = subprocess.run(
-        [f"{BIN}/majordomo", "keys", "create", "--name", "bench"],
+        [f"{BIN}/majordomo", "keys", "create", "--name", name],
         env=env,
         check=True,
         capture_output=True,

@@ -29,8 +29,9 @@ from twisted.internet import defer, protocol, reactor, task
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-BIN = os.path.dirname(sys.executable)
-DATABASE = "majordomo_bench"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import BIN, DATABASE, create_key, free_port  # noqa: E402
 
 
 class PacedStream(Resource):
@@ -118,12 +119,6 @@ def summary(latencies: list[float]) -> str:
     return f"n={len(ms)} p50={statistics.median(ms):.3f}ms p99={p99:.3f}ms max={ms[-1]:.3f}ms"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def main(args: argparse.Namespace) -> None:
     upstream = reactor.listenTCP(
         0, Site(PacedStream(args.chunks, args.interval_ms / 1000)), interface="127.0.0.1"
@@ -139,14 +134,7 @@ async def main(args: argparse.Namespace) -> None:
         "MAJORDOMO_PRICING_REMOTE_URL": "",
     }
     subprocess.run([f"{BIN}/majordomo", "db", "init"], env=env, check=True, capture_output=True)
-    created = subprocess.run(
-        [f"{BIN}/majordomo", "keys", "create", "--name", "bench"],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    key = next(line.split()[-1] for line in created.splitlines() if "Key:" in line)
+    key = create_key(env)
     gateway = subprocess.Popen(
         [f"{BIN}/twistd", "--nodaemon", "--pidfile=", "majordomo"],
         env=env,

@@ -95,9 +95,6 @@ class GatewayService(service.MultiService):
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
-        # Called after the reactor has stopped when the gateway could not
-        # start; ends the process.  Tests running in-process replace it.
-        self.on_fatal: Any = _exit_failed
         self.config = config
         self._reactor = reactor
         self.db = Database(config.storage.postgres, reactor=reactor)
@@ -202,7 +199,7 @@ class GatewayService(service.MultiService):
         its reactor runs, and knows no exit status but 0.)
         """
         self._reactor.callWhenRunning(self._reactor.stop)
-        self._reactor.addSystemEventTrigger("after", "shutdown", self.on_fatal)
+        self._reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
 
     def _listen(self, host: str, port: int) -> defer.Deferred[Any]:
         """Listen; with server.reuse_port, on a socket other processes may share."""

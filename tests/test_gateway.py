@@ -19,6 +19,7 @@ from twisted.web.http_headers import Headers
 from majordomo.keys import KeyStore
 from tests import support
 from tests.gateway_case import GatewayTestCase
+from tests.guide import GUIDE_BY_KEY, GUIDE_BY_MODEL, GUIDE_DAILY
 
 GUIDE_BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
 
@@ -141,17 +142,7 @@ class GuideTests(GatewayTestCase):
                     Authorization="Bearer sk-x",
                 )
             await self.rows(3)
-            by_model = support.run_sql(
-                """SELECT
-    model,
-    COUNT(*) as requests,
-    SUM(input_tokens) as input_tokens,
-    SUM(output_tokens) as output_tokens,
-    SUM(total_cost) as total_cost
-FROM llm_requests
-GROUP BY model
-ORDER BY total_cost DESC;"""
-            )
+            by_model = support.run_sql(GUIDE_BY_MODEL)
             self.assertEqual(
                 by_model,
                 [
@@ -161,27 +152,9 @@ ORDER BY total_cost DESC;"""
                     ("gpt-4o-mini-2024-07-18", 2, 119, 60, Decimal("0.00005385")),
                 ],
             )
-            daily = support.run_sql(
-                """SELECT
-    DATE(created_at) as date,
-    COUNT(*) as requests,
-    SUM(total_cost) as total_cost
-FROM llm_requests
-GROUP BY DATE(created_at)
-ORDER BY date DESC
-LIMIT 30;"""
-            )
+            daily = support.run_sql(GUIDE_DAILY)
             self.assertEqual([(r[1], r[2]) for r in daily], [(3, Decimal("0.00355385"))])
-            by_key = support.run_sql(
-                """SELECT
-    ak.name as key_name,
-    COUNT(*) as requests,
-    SUM(lr.total_cost) as total_cost
-FROM llm_requests lr
-JOIN api_keys ak ON lr.majordomo_api_key_id = ak.id
-GROUP BY ak.id, ak.name
-ORDER BY total_cost DESC;"""
-            )
+            by_key = support.run_sql(GUIDE_BY_KEY)
             self.assertEqual(by_key, [("Development", 3, Decimal("0.00355385"))])
             self.assertEqual(support.run_sql("SELECT request_count FROM api_keys"), [(3,)])
 

@@ -18,17 +18,9 @@ from majordomo.metadata import MetadataError, canonical, distinct_estimate, extr
 from majordomo.record import RequestRecord
 from tests import support
 from tests.gateway_case import GatewayTestCase
+from tests.guide import GUIDE_BY_USER
 from tests.test_cli import majordomo
 from tests.test_gateway import GUIDE_BODY
-
-GUIDE_QUERY = """SELECT
-    raw_metadata->>'User-Id' as user_id,
-    COUNT(*) as requests,
-    SUM(total_cost) as total_cost
-FROM llm_requests
-WHERE raw_metadata->>'User-Id' IS NOT NULL
-GROUP BY raw_metadata->>'User-Id'
-ORDER BY total_cost DESC;"""
 
 
 def headers(**named: str) -> list[tuple[bytes, list[bytes]]]:
@@ -113,7 +105,7 @@ class GuideMetadataTests(GatewayTestCase):
             )
             one = Decimal("0.00000885")  # 19 x $0.15/M + 10 x $0.60/M (gpt-4o-mini snapshot)
             self.assertEqual(
-                support.run_sql(GUIDE_QUERY), [("user_123", 2, 2 * one), ("user_456", 1, one)]
+                support.run_sql(GUIDE_BY_USER), [("user_123", 2, 2 * one), ("user_456", 1, one)]
             )
             sent = self.upstream.received[0]["headers"]
             self.assertFalse([name for name in sent if name.startswith("x-majordomo")])

@@ -20,50 +20,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from majordomo import cli, report
 from tests import support
+from tests.guide import GUIDE_BY_KEY, GUIDE_BY_MODEL, GUIDE_BY_USER, GUIDE_DAILY
 from tests.test_cli import majordomo
 
-# The guide's queries, word for word ("Common Queries", "Query usage by metadata").
-GUIDE_BY_MODEL = """
-SELECT
-    model,
-    COUNT(*) as requests,
-    SUM(input_tokens) as input_tokens,
-    SUM(output_tokens) as output_tokens,
-    SUM(total_cost) as total_cost
-FROM llm_requests
-GROUP BY model
-ORDER BY total_cost DESC;
-"""
-GUIDE_DAILY = """
-SELECT
-    DATE(created_at) as date,
-    COUNT(*) as requests,
-    SUM(total_cost) as total_cost
-FROM llm_requests
-GROUP BY DATE(created_at)
-ORDER BY date DESC
-LIMIT 30;
-"""
-GUIDE_BY_KEY = """
-SELECT
-    ak.name as key_name,
-    COUNT(*) as requests,
-    SUM(lr.total_cost) as total_cost
-FROM llm_requests lr
-JOIN api_keys ak ON lr.majordomo_api_key_id = ak.id
-GROUP BY ak.id, ak.name
-ORDER BY total_cost DESC;
-"""
-GUIDE_BY_USER = """
-SELECT
-    raw_metadata->>'User-Id' as user_id,
-    COUNT(*) as requests,
-    SUM(total_cost) as total_cost
-FROM llm_requests
-WHERE raw_metadata->>'User-Id' IS NOT NULL
-GROUP BY raw_metadata->>'User-Id'
-ORDER BY total_cost DESC;
-"""
 # The guide has no provider query; this is its model query grouped by provider.
 BY_PROVIDER = GUIDE_BY_MODEL.replace("model", "provider")
 

@@ -297,8 +297,7 @@ class StreamedJSONParser(ABC):
         return Usage(status, model=self.model or self.fallback_model)
 
     def _accept_event(self, event: SSEEvent) -> None:
-        text = event.data if event.event is None else f"event: {event.event}\n{event.data}"
-        if event.data == "[DONE]" or (self._understood and self.can_skip(text)):
+        if event.data == "[DONE]" or (self._understood and self.can_skip(_raw_text(event))):
             # ([DONE] is OpenAI's end marker: expected, not garbage.)
             self._understood += 1
             return
@@ -312,6 +311,11 @@ class StreamedJSONParser(ABC):
         if isinstance(item, dict):
             self._understood += 1
             self.on_object(event, item)
+
+
+def _raw_text(event: SSEEvent) -> str:
+    """An event as the text can_skip reads: its name line, if any, then its data."""
+    return event.data if event.event is None else f"event: {event.event}\n{event.data}"
 
 
 def make_usage_parser(
