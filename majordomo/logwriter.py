@@ -3,8 +3,9 @@
 The batching writer: request records go to PostgreSQL in batches, never on
 the response path, and nothing a user paid for is lost on the way.
 
-Each record is journaled to the spool (L{majordomo.spool}) when it is added,
-before the client sees the end of its response.  Records are grouped into
+Each record is made storable (L{majordomo.storable.row}: no value in it can
+make PostgreSQL refuse it) and journaled to the spool (L{majordomo.spool})
+when it is added, before the client sees the end of its response.  Records are grouped into
 batches of C{batch_size}, or whatever arrived within C{flush_interval}; each
 batch is one spool segment and ONE statement: the rows go in through
 C{jsonb_populate_recordset} (txpostgres cannot COPY or executemany) with
@@ -15,8 +16,10 @@ changes nothing the second time.  Once committed, the segment is deleted.
 While PostgreSQL is away, batches wait, in order; at most C{memory_limit}
 records are held in memory, the rest only on disk (read back in a thread when
 their turn comes).  A batch PostgreSQL refuses for its content is written row
-by row and the rows it still refuses go to C{rejected.jsonl} in the spool
-directory, so one bad record cannot block the others.
+by row, so one bad record cannot block the others; a row it still refuses is
+written again reduced to the gateway's own facts (L{majordomo.storable.reduced_row}),
+so the request keeps its row and its count, and only a row refused even so
+goes to C{rejected.jsonl} in the spool directory.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from twisted.application import service
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
+from majordomo import storable
 from majordomo.db import Database, is_unavailable
 from majordomo.spool import Segment, Spool, SpoolError, read_segment
 
@@ -150,8 +154,11 @@ class LogWriter(service.Service):
             self._batches.append(_Batch(segment, None, segment.records))
 
     def add(self, record: dict[str, Any]) -> None:
-        """Journal one request's record and queue it; a full batch is written at once."""
-        line = encode_record(record)
+        """
+        Journal one request's record, made storable, and queue it; a full
+        batch is written at once.
+        """
+        line = encode_record(storable.row(record))
         try:
             self._spool.append(line.encode("utf-8") + b"\n")
             self.spool_ok = True
@@ -274,7 +281,30 @@ class LogWriter(service.Service):
             except Exception as e:
                 if is_unavailable(e):
                     raise
-                self._reject(record, str(e))
+                await self._write_reduced(record, e)
+
+    async def _write_reduced(self, record: str, refused: Exception) -> None:
+        """Store a refused record as its reduced row; if that is refused too, reject it."""
+        reason = (
+            f"Row stored reduced: PostgreSQL refused the whole row ({storable.refusal(refused)}); "
+            "only the gateway's own facts are kept"
+        )
+        reduced = storable.reduced_row(json.loads(record), reason)
+        if reduced is None:
+            self._reject(record, str(refused))
+            return
+        try:
+            await self._db.run_operation(INSERT_BATCH, (_array([encode_record(reduced)]),))
+        except Exception as e:
+            if is_unavailable(e):
+                raise
+            self._reject(record, f"{refused}; reduced, it was refused too: {e}")
+            return
+        log.error(
+            "PostgreSQL refused request record {id} ({error}); stored it reduced",
+            id=reduced["id"],
+            error=refused,
+        )
 
     def _reject(self, record: str, error: str) -> None:
         """Keep a record PostgreSQL will not take, with the reason, for a human to look at."""

@@ -11,21 +11,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from majordomo.usage import ERROR_NOT_BILLED, Usage
+from majordomo.usage import COUNT_FIELDS, ERROR_NOT_BILLED, UNKNOWN, Usage
 
-TOKEN_COLUMNS = (
-    "input_tokens",
-    "output_tokens",
-    "cached_tokens",
-    "cache_creation_tokens",
-    "cache_creation_5m_tokens",
-    "cache_creation_1h_tokens",
-    "reasoning_tokens",
-    "input_audio_tokens",
-    "output_audio_tokens",
-    "tool_use_prompt_tokens",
-    "web_search_requests",
-)
+# The token columns of llm_requests: the count fields of a Usage.
+TOKEN_COLUMNS = COUNT_FIELDS
 
 # Statuses the gateway itself gives when the exchange ended without an answer.
 CLIENT_CLOSED_REQUEST = 499
@@ -123,7 +112,7 @@ class RequestRecord:
             stream=False,
             error_message=message,
             model=self.model_requested,
-            usage_status="unknown" if maybe_billed else ERROR_NOT_BILLED,
+            usage_status=UNKNOWN if maybe_billed else ERROR_NOT_BILLED,
         )
         if not maybe_billed:
             row.update({column: 0 for column in TOKEN_COLUMNS})

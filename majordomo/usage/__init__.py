@@ -5,10 +5,15 @@ every provider's incremental usage parser implements, the plumbing those
 parsers share, and L{make_usage_parser}, which picks the parser for a response.
 
 A token count of C{None} means "unknown" and is stored as NULL, never as 0.
+A count the provider reported but that no bill can hold (negative, beyond
+PostgreSQL's bigint, not a whole number) is not taken for an absent one: the
+whole usage becomes C{invalid_usage}, with every count unknown
+(L{CheckedUsageParser}), so no cost is computed from it.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -19,7 +24,8 @@ from urllib.parse import parse_qs
 from majordomo.sse import JSONArrayParser, SSEEvent, SSEParser
 
 # usage_status values (USAGE-SPEC.md section 1, plus "unparseable" for a body
-# the parser could not read at all).
+# the parser could not read at all and "invalid_usage" for a usage object whose
+# counts cannot be true).
 COMPLETE = "complete"
 MISSING_NOT_REQUESTED = "missing_not_requested"
 MISSING_STREAM_TRUNCATED = "missing_stream_truncated"
@@ -27,6 +33,13 @@ PARTIAL_STREAM_TRUNCATED = "partial_stream_truncated"
 ERROR_NOT_BILLED = "error_not_billed"
 UNPARSEABLE = "unparseable"
 NOT_APPLICABLE = "not_applicable"
+INVALID_USAGE = "invalid_usage"
+# The gateway's own status for a request whose billing it cannot know (the
+# client or the upstream went away mid-exchange, a row stored reduced).
+UNKNOWN = "unknown"
+
+# The largest count a bigint column holds.
+BIGINT_MAX = 2**63 - 1
 
 
 @dataclass
@@ -54,6 +67,9 @@ class Usage:
     output_audio_tokens: int | None = None
     web_search_requests: int | None = None
     raw: dict[str, Any] | None = field(default=None, repr=False)
+    # Set once a reported count was found invalid, so that a later change of
+    # status (a cut stream) cannot hide it; see checked_usage.
+    counts_invalid: bool = field(default=False, repr=False)
 
     @property
     def uncached_input_tokens(self) -> int | None:
@@ -87,29 +103,114 @@ ANTHROPIC = "anthropic"
 GEMINI = "gemini"
 
 
+# The Usage fields that are counts (the token columns of llm_requests).
+COUNT_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "cache_creation_tokens",
+    "cache_creation_5m_tokens",
+    "cache_creation_1h_tokens",
+    "reasoning_tokens",
+    "input_audio_tokens",
+    "output_audio_tokens",
+    "tool_use_prompt_tokens",
+    "web_search_requests",
+)
+
+
+class InvalidCount(ValueError):
+    """A provider reported a count that cannot be one (see L{tokens})."""
+
+
+def is_count(value: Any) -> bool:
+    """Whether C{value} is a count a bill can hold: a whole number in 0..BIGINT_MAX."""
+    return type(value) is int and 0 <= value <= BIGINT_MAX
+
+
 def tokens(mapping: Any, *path: str) -> int:
     """
-    The token count at C{path} inside a provider's usage JSON.  Absent, null
-    or malformed counts are 0: providers omit the detail fields they have
-    nothing to report in.
+    The token count at C{path} inside a provider's usage JSON.  Absent or
+    null counts are 0: providers omit the detail fields they have nothing to
+    report in.  A count that is reported but is not a whole number in
+    0..BIGINT_MAX (negative, beyond bigint, a float, a string, a boolean), or
+    a path through something that is not an object, raises L{InvalidCount}:
+    it must not pass for an absent count.  Readers of a usage object catch it
+    with L{counts_checked}.
     """
     value = mapping
     for key in path:
-        if not isinstance(value, dict):
+        if value is None:
             return 0
+        if not isinstance(value, dict):
+            raise InvalidCount(f"{key!r} is inside a {type(value).__name__}, not an object")
         value = value.get(key)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return 0
+    if value is None:
+        return 0
+    if not is_count(value):
+        raise InvalidCount(f"{path[-1]!r} is not a count")
+    return int(value)
 
 
 def has_count(mapping: Any, key: str) -> bool:
-    """Whether C{mapping} is a dict that reports C{key} as a token count."""
-    return (
-        isinstance(mapping, dict)
-        and isinstance(mapping.get(key), int)
-        and not isinstance(mapping.get(key), bool)
-    )
+    """
+    Whether C{mapping} is a dict that reports C{key} (with any value but
+    null: whether the value is a valid count is for L{tokens} to judge).
+    """
+    return isinstance(mapping, dict) and mapping.get(key) is not None
+
+
+def counts_checked(read: Callable[[Any], Usage | None]) -> Callable[[Any], Usage | None]:
+    """
+    Decorates a function that normalises a provider's usage object with
+    L{tokens}: a count found invalid makes the usage C{invalid_usage}, every
+    count unknown, the raw object kept for a human to look at.
+    """
+
+    @functools.wraps(read)
+    def checked(raw: Any) -> Usage | None:
+        try:
+            return read(raw)
+        except InvalidCount:
+            return Usage(
+                INVALID_USAGE, raw=raw if isinstance(raw, dict) else None, counts_invalid=True
+            )
+
+    return checked
+
+
+def checked_usage(usage: Usage) -> Usage:
+    """
+    C{usage} if every count is unknown or a valid count; otherwise (a count
+    found invalid, or a normalised sum beyond bigint) the same usage with
+    status C{invalid_usage} and every count unknown.
+    """
+    if not usage.counts_invalid and all(
+        getattr(usage, name) is None or is_count(getattr(usage, name)) for name in COUNT_FIELDS
+    ):
+        return usage
+    unknown: dict[str, Any] = dict.fromkeys(COUNT_FIELDS)
+    return replace(usage, usage_status=INVALID_USAGE, counts_invalid=True, **unknown)
+
+
+class CheckedUsageParser:
+    """
+    Wraps the parser of one response so that C{finish} returns only counts
+    PostgreSQL can store and prices can be applied to (L{checked_usage}).
+    Anything else asked of it is asked of the wrapped parser.
+    """
+
+    def __init__(self, parser: UsageParser) -> None:
+        self.parser = parser
+
+    def feed(self, data: bytes) -> None:
+        self.parser.feed(data)
+
+    def finish(self, complete: bool = True) -> Usage:
+        return checked_usage(self.parser.finish(complete))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.parser, name)
 
 
 def text_or_none(value: Any) -> str | None:
@@ -334,8 +435,24 @@ def make_usage_parser(
     C{path} is the request path with its query string.  C{usage_requested} is
     False for an OpenAI stream whose request did not ask for usage (and the
     gateway did not inject the request for it).  Endpoints that bill nothing
-    (model lists, token counting) get a parser that reads nothing.
+    (model lists, token counting) get a parser that reads nothing.  Whatever
+    the provider sent, the usage it finishes with has storable counts
+    (L{CheckedUsageParser}).
     """
+    return CheckedUsageParser(
+        _parser_for(provider, path, status_code, content_type, request_model, usage_requested)
+    )
+
+
+def _parser_for(
+    provider: str,
+    path: str,
+    status_code: int,
+    content_type: str,
+    request_model: str | None,
+    usage_requested: bool,
+) -> UsageParser:
+    """The provider's own parser for a response (see L{make_usage_parser})."""
     from majordomo.usage import anthropic, gemini, openai
 
     route, _, query = path.partition("?")

@@ -22,6 +22,7 @@ from majordomo.usage import (
     UNPARSEABLE,
     StreamedJSONParser,
     Usage,
+    counts_checked,
     has_count,
     text_or_none,
     tokens,
@@ -34,6 +35,7 @@ def has_usage(route: str) -> bool:
     return route.rstrip("/").endswith("/messages")
 
 
+@counts_checked
 def usage_from_usage(usage: Any) -> Usage | None:
     """Normalise an Anthropic C{usage} object; None if it reports no input count."""
     if not has_count(usage, "input_tokens"):

@@ -23,6 +23,7 @@ from majordomo.usage import (
     UNPARSEABLE,
     StreamedJSONParser,
     Usage,
+    counts_checked,
     tokens,
     usage_from_document,
 )
@@ -57,6 +58,7 @@ def _modality_tokens(details: Any, modality: str) -> int:
     )
 
 
+@counts_checked
 def usage_from_metadata(metadata: Any) -> Usage | None:
     """Normalise a C{usageMetadata} object; None if there is none."""
     if not isinstance(metadata, dict):

@@ -25,6 +25,7 @@ from majordomo.usage import (
     UNPARSEABLE,
     StreamedJSONParser,
     Usage,
+    counts_checked,
     has_count,
     text_or_none,
     tokens,
@@ -48,6 +49,7 @@ def has_usage(route: str) -> bool:
     return route.rstrip("/").endswith(_USAGE_ENDPOINTS)
 
 
+@counts_checked
 def usage_from_usage(usage: Any) -> Usage | None:
     """
     Normalise an OpenAI C{usage} object, in either naming scheme; None if it
