@@ -54,8 +54,15 @@ _METHOD = re.compile(r"[A-Z]{1,16}")
 
 def text(value: str) -> str:
     """C{value} with NUL and lone surrogates replaced by U+FFFD (itself if it has none)."""
-    if _UNSTORABLE.search(value) is None:
-        return value
+    if "\x00" not in value:
+        if value.isascii():  # (a flag of the string, no scan) ASCII holds no surrogate
+            return value
+        try:
+            value.encode("utf-8")  # fails exactly on surrogates, several times faster than a regex
+        except UnicodeEncodeError:
+            pass
+        else:
+            return value
     return _UNSTORABLE.sub(REPLACEMENT, value)
 
 
@@ -65,22 +72,37 @@ def value(item: Any, depth: int = 0) -> Any:
     floats that are not finite and integers too long to write out as null,
     objects and arrays cleaned all through, down to L{MAX_DEPTH}.
     """
-    if isinstance(item, str):
+    kind = type(item)
+    if kind is str:
         return text(item)
-    if item is None or isinstance(item, bool):
+    if item is None or kind is bool:
         return item
-    if isinstance(item, int):
+    if kind is int:
         return item if item.bit_length() <= _MAX_INT_BITS else None
-    if isinstance(item, float):
+    if kind is float:
         return item if math.isfinite(item) else None
-    if isinstance(item, Decimal):
-        return item if item.is_finite() else None
-    if isinstance(item, dict | list | tuple) and depth >= MAX_DEPTH:
-        return None
-    if isinstance(item, dict):
+    if kind is dict:
+        if depth >= MAX_DEPTH:
+            return None
         return {_key(key): value(member, depth + 1) for key, member in item.items()}
-    if isinstance(item, list | tuple):
+    if kind is list or kind is tuple:
+        if depth >= MAX_DEPTH:
+            return None
         return [value(member, depth + 1) for member in item]
+    if kind is Decimal:
+        return item if item.is_finite() else None
+    return _other(item, depth)
+
+
+def _other(item: Any, depth: int) -> Any:
+    """Subclasses of those types are read as the type itself; anything else as its text."""
+    for base in (str, int, float, Decimal):
+        if isinstance(item, base):
+            return value(base(item), depth)
+    if isinstance(item, dict):
+        return value(dict(item), depth)
+    if isinstance(item, list | tuple):
+        return value(list(item), depth)
     return text(str(item))
 
 
@@ -97,9 +119,8 @@ def row(record: dict[str, Any]) -> dict[str, Any]:
     status or a duration its column cannot hold is NULL.
     """
     cleaned = {_key(column): value(item) for column, item in record.items()}
-    if not all(
-        cleaned.get(column) is None or is_count(cleaned[column]) for column in TOKEN_COLUMNS
-    ):
+    # (Judged on the values as given: value() nulls integers too long to write.)
+    if not all(record.get(column) is None or is_count(record[column]) for column in TOKEN_COLUMNS):
         cleaned.update(dict.fromkeys(TOKEN_COLUMNS))
         cleaned.update(dict.fromkeys(_COST_COLUMNS))
         cleaned["usage_status"] = INVALID_USAGE

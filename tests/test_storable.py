@@ -15,6 +15,7 @@ import os
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
+from http import HTTPStatus
 from typing import Any
 
 from twisted.internet import defer
@@ -74,6 +75,15 @@ class TextTests(SynchronousTestCase):
                 "ok": [True, None, 3],
             },
         )
+
+    def test_other_types(self) -> None:
+        """Subclasses are read as their JSON type; anything else as its (cleaned) text."""
+        request_id = uuid.uuid4()
+        self.assertEqual(
+            storable.value([HTTPStatus.OK, (1, "x\x00"), request_id]),
+            [200, [1, f"x{REPLACED}"], str(request_id)],
+        )
+        self.assertIs(type(storable.value(HTTPStatus.OK)), int)
 
     def test_deep_nesting_cut(self) -> None:
         """A value nested deeper than any usage object is cut, never a RecursionError."""
@@ -135,7 +145,7 @@ class RowTests(SynchronousTestCase):
 
     def test_invalid_count_makes_usage_invalid(self) -> None:
         """Any count out of bigint or negative or not an integer: all NULL, invalid, no cost."""
-        for bad in [2**63, -1, 1.5, "12", True, 10**30]:
+        for bad in [2**63, -1, 1.5, "12", True, 10**30, 10**5000]:
             cleaned = storable.row(a_row(output_tokens=bad))
             self.assertEqual(cleaned["usage_status"], INVALID_USAGE, bad)
             self.assertEqual({cleaned[c] for c in TOKEN_COLUMNS}, {None}, bad)
