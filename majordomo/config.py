@@ -57,6 +57,9 @@ class ServerConfig:
     host: str = _setting("127.0.0.1")
     port: int = _setting(7680, _port)
     max_body_size: int = _setting(32 * 1024 * 1024, _positive)  # bytes; larger gets 413
+    # To receive a whole request head, from its first byte: a client that
+    # trickles its head in is answered 408 and closed.
+    head_timeout: float = _setting(30.0, _positive)
     body_timeout: float = _setting(60.0, _positive)  # to receive a whole request body
     shutdown_timeout: float = _setting(30.0, _positive)  # to let in-flight requests finish
     reuse_port: bool = _setting(False)
