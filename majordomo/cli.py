@@ -11,6 +11,7 @@ reactor with stdout/stderr captured.
 from __future__ import annotations
 
 import getopt
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import date
@@ -24,6 +25,7 @@ from majordomo import __version__
 from majordomo.config import Config, ConfigError, load_config
 from majordomo.db import Database
 from majordomo.keys import ApiKey, KeyNotFound, KeyStore
+from majordomo.metadata import MetadataError, metadata_name
 from majordomo.schema import apply_schema
 
 
@@ -170,7 +172,11 @@ class _MetadataNameOptions(_MetadataKeyOptions):
     synopsis = "--key-id ID NAME"
 
     def parseArgs(self, name: str) -> None:  # type: ignore[override]
-        self["name"] = name
+        # The gateway's own rule: a name no request can carry is never stored.
+        try:
+            self["name"] = metadata_name(name)
+        except MetadataError as e:
+            raise usage.UsageError(str(e)) from None
 
 
 class MetadataOptions(usage.Options):
@@ -379,7 +385,7 @@ async def _reprice(reactor: Any, config: Config, options: Any, out: TextIO) -> i
 
 async def _metadata(reactor: Any, config: Config, options: Any, out: TextIO) -> int:
     from majordomo.keys import MetadataRegistry
-    from majordomo.metadata import canonical, distinct_estimate
+    from majordomo.metadata import distinct_estimate
 
     sub = options.subOptions
     db = Database(config.storage.postgres, reactor=reactor, pool_size=1)
@@ -407,7 +413,7 @@ async def _metadata(reactor: Any, config: Config, options: Any, out: TextIO) -> 
         active = options.subCommand == "activate"
         await registry.set_active(sub["key-id"], sub["name"], active)
         state = "now copied into" if active else "no longer copied into"
-        name, key_id = canonical(sub["name"]), sub["key-id"]
+        name, key_id = sub["name"], sub["key-id"]
         out.write(f"Metadata {name} is {state} indexed_metadata for key {key_id}.\n")
         return 0
     finally:
@@ -436,6 +442,18 @@ def _serve(config_path: str | None, options: Any) -> None:
     twistd.run()
 
 
+def _require_utf8(arg: str) -> None:
+    """
+    Refuse an argument that was not UTF-8: Python hands such bytes over as
+    lone surrogates, which no database column or output stream can hold.
+    """
+    try:
+        arg.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = os.fsencode(arg)
+        raise usage.UsageError(f"argument {raw!r} is not valid UTF-8") from None
+
+
 _COMMANDS: dict[str, Command] = {
     "keys": _keys,
     "db": _db,
@@ -447,6 +465,8 @@ _COMMANDS: dict[str, Command] = {
 
 
 def parse(argv: Sequence[str]) -> Options:
+    for arg in argv:
+        _require_utf8(arg)
     options = Options()
     options.parseOptions(list(argv))
     return options

@@ -17,6 +17,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -37,10 +38,64 @@ def _port(value: int) -> str | None:
     return None if 0 <= value <= 65535 else "must be a port number between 0 and 65535"
 
 
+# What RFC 3986 allows in a host name (and underscores, as in container
+# names) and in a path; anything else in a URL is refused rather than guessed at.
+_HOST = re.compile(r"[A-Za-z0-9_.-]+")
+_PATH = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@/%-]*")
+
+
 def _url(value: str) -> str | None:
-    if value == "" or re.match(r"^https?://[^/\s]+", value):
+    """
+    An absolute http(s) URL the gateway can use as it is ("" = not set): an
+    ASCII host (a name with non-ASCII letters must be written in its IDNA
+    form, which the problem shows), a port in range, no user name or
+    password (they would end up in logs), no whitespace.
+    """
+    if value == "":
         return None
-    return "must be an http:// or https:// URL"
+    if not re.match(r"(?i)https?://", value):
+        return "must be an http:// or https:// URL"
+    if not value.isprintable() or any(c.isspace() for c in value):
+        return "must not hold whitespace or control characters"
+    bad_host = "must have a host and a port number between 1 and 65535"
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:  # a port that is no number or out of range, a bad [address]
+        return bad_host
+    if "@" in parts.netloc:
+        return "must not hold a user name or password (user@host)"
+    host = parts.hostname or ""
+    if not host.isascii():
+        return "must have an ASCII host; write it in its IDNA form" + _idna_hint(host)
+    bracketed = parts.netloc.startswith("[")  # an IP address urlsplit has checked
+    if not (bracketed or _HOST.fullmatch(host)) or port == 0:
+        return bad_host
+    if not value.isascii():
+        return "must be ASCII (percent-encode the path)"
+    return None
+
+
+def _idna_hint(host: str) -> str:
+    try:
+        return f" ({host.encode('idna').decode('ascii')})"
+    except UnicodeError:
+        return ""
+
+
+def _base_url(value: str) -> str | None:
+    """
+    A provider base URL: a valid L{_url} whose path (if any) becomes the
+    prefix of every forwarded path, so it cannot carry a query or fragment.
+    """
+    problem = _url(value)
+    if problem or value == "":
+        return problem
+    if "?" in value or "#" in value:
+        return "must not have a query (?...) or fragment (#...)"
+    if not _PATH.fullmatch(urlsplit(value).path):
+        return "must have a path of URL characters only (percent-encode the rest)"
+    return None
 
 
 def _setting(default: Any, check: typing.Callable[[Any], str | None] | None = None) -> Any:
@@ -115,7 +170,7 @@ class StorageConfig:
 
 @dataclass(frozen=True)
 class ProviderConfig:
-    base_url: str = _setting("", _url)
+    base_url: str = _setting("", _base_url)
 
 
 def _provider(base_url: str) -> Any:
@@ -222,11 +277,26 @@ def _coerce(key: str, kind: type, value: Any, from_env: bool) -> Any:
         )
     if kind is str:
         if isinstance(value, str):
-            return value
+            return _text(key, value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
         raise ConfigError(f"{key}: expected a string, got {value!r}")
     raise TypeError(f"unsupported setting type {kind!r}")
+
+
+def _text(key: str, value: str) -> str:
+    """
+    C{value}, if every library it reaches can take it: no NUL, and no lone
+    surrogate (what Python makes of an environment variable that is not
+    UTF-8, or of a YAML C{"\\ud800"}).  The value is not shown: it may be a secret.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{key}: not valid UTF-8 text") from None
+    if "\0" in value:
+        raise ConfigError(f"{key}: must not hold a NUL character")
+    return value
 
 
 def _build(base: Any, values: Any, prefix: str, env: Mapping[str, str]) -> Any:
@@ -287,15 +357,50 @@ def load_config(
 ) -> Config:
     """Read the configuration the way the gateway and the CLI both do."""
     source = find_config_file(path, cwd)
-    values: Any = {}
-    if source is not None:
-        try:
-            with open(source, encoding="utf-8") as f:
-                values = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{source}:{where} is not valid YAML") from e
-        except OSError as e:
-            raise ConfigError(f"{source}: cannot be read ({e.strerror})") from e
+    values = {} if source is None else _read_yaml(source)
     return typing.cast(Config, _build(Config(), values, "", os.environ if env is None else env))
+
+
+def _read_yaml(source: str) -> Any:
+    """The document in C{source}; a L{ConfigError} for any reason it cannot be used."""
+    try:
+        with open(source, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError(f"{source}: cannot be read ({e.strerror})") from e
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(
+            f"{source}: not UTF-8 (byte 0x{data[e.start]:02x} on line {line}); save it as UTF-8"
+        ) from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return {}
+        _refuse_duplicate_keys(source, node, "")
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}:{where} is not valid YAML") from e
+    finally:
+        loader.dispose()
+
+
+def _refuse_duplicate_keys(source: str, node: yaml.Node, prefix: str) -> None:
+    """A key given twice in one mapping is an error: which of the two was meant?"""
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: set[str] = set()
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = prefix + str(key_node.value)
+        if key in seen:
+            line = key_node.start_mark.line + 1
+            raise ConfigError(f"{source}: line {line}: {key}: duplicate key (given twice)")
+        seen.add(key)
+        _refuse_duplicate_keys(source, value_node, key + ".")

@@ -19,7 +19,7 @@ from typing import Any
 from twisted.internet import defer
 
 from majordomo.db import Database
-from majordomo.metadata import canonical
+from majordomo.metadata import metadata_name
 
 KEY_PREFIX = "mdm_sk_"
 # Every gateway LISTENs on this channel; `keys revoke` NOTIFYs it.
@@ -188,6 +188,7 @@ class MetadataRegistry:
         yet; every running gateway applies it from its next request on (the
         key's cache entry is dropped through the same NOTIFY as a revocation).
         """
+        name = metadata_name(name)  # MetadataError for a name no request can carry
         yield KeyStore(self._db).get(key_id)
         yield self._db.run_query(
             "WITH changed AS ("
@@ -195,7 +196,7 @@ class MetadataRegistry:
             " VALUES (%s, %s, %s) ON CONFLICT (majordomo_api_key_id, key_name)"
             " DO UPDATE SET is_active = excluded.is_active RETURNING majordomo_api_key_id)"
             " SELECT pg_notify(%s, majordomo_api_key_id::text) FROM changed",
-            (_as_uuid(key_id), canonical(name), active, KEYS_CHANNEL),
+            (_as_uuid(key_id), name, active, KEYS_CHANNEL),
         )
 
 

@@ -14,6 +14,7 @@ of distinct values) is updated by the log writer's batch statement.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -25,6 +26,8 @@ MAX_HEADERS = 32
 MAX_NAME_LENGTH = 64
 MAX_VALUE_BYTES = 512
 HLL_REGISTERS = 1024  # must match the SQL in logwriter.INSERT_BATCH
+# An HTTP header name is a token (RFC 9110 section 5.6.2, "tchar").
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 class MetadataError(ValueError):
@@ -60,20 +63,41 @@ def extract(headers: Iterable[tuple[bytes, Sequence[bytes]]]) -> Metadata:
         lowered = raw_name.decode("latin-1").lower()
         if not lowered.startswith(PREFIX):
             continue
-        name = canonical(lowered[len(PREFIX) :])
+        suffix = lowered[len(PREFIX) :]
+        name = canonical(suffix)
         value = _value(name, values[-1])
         if name == ALIAS_HEADER:
             alias = value
         elif name not in RESERVED:
-            if not name.strip("-") or len(name) > MAX_NAME_LENGTH:
-                raise MetadataError(
-                    f"Metadata header name X-Majordomo-{name[:80]} must be 1 to "
-                    f"{MAX_NAME_LENGTH} characters"
-                )
-            raw[name] = value
+            raw[metadata_name(suffix)] = value
     if len(raw) > MAX_HEADERS:
         raise MetadataError(f"At most {MAX_HEADERS} X-Majordomo-* metadata headers are allowed")
     return Metadata(raw, alias)
+
+
+def metadata_name(name: str) -> str:
+    """
+    The canonical spelling of the metadata name C{name} (what follows
+    C{X-Majordomo-}), or L{MetadataError} if no request can carry it: a name
+    is 1 to L{MAX_NAME_LENGTH} characters of an HTTP header name (letters,
+    digits and C{!#$%&'*+-.^_`|~}), not only dashes, and not one of the
+    headers that steer the gateway.  C{extract} and C{metadata activate}
+    both apply this rule, so every name that can be activated can be sent.
+    """
+    shown = f"X-Majordomo-{name[:80]}"
+    if not name.strip("-") or len(name) > MAX_NAME_LENGTH:
+        raise MetadataError(
+            f"Metadata header name {shown!r} must be 1 to {MAX_NAME_LENGTH} characters"
+        )
+    if not _TOKEN.fullmatch(name):
+        raise MetadataError(
+            f"Metadata header name {shown!r} may hold only letters, digits and "
+            "!#$%&'*+-.^_`|~ (an HTTP header name)"
+        )
+    result = canonical(name)
+    if result in RESERVED:
+        raise MetadataError(f"X-Majordomo-{result} steers the gateway; it is never metadata")
+    return result
 
 
 def _value(name: str, value: bytes) -> str:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from twisted.application.service import IService
@@ -26,11 +27,20 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        # A bad configuration stops startup here, with one line naming the key.
+        """
+        A bad configuration stops startup here, with one line naming the key.
+        Under twistd (our parent options) that line is all that is printed,
+        and the exit status is 1: twistd would print its usage text before
+        a L{usage.UsageError}, burying the line under options that are fine.
+        """
         try:
             self["loaded"] = load_config(self["config"])
         except ConfigError as e:
-            raise usage.UsageError(f"configuration error: {e}") from None
+            message = f"configuration error: {e}"
+            if getattr(self, "parent", None) is None:
+                raise usage.UsageError(message) from None
+            sys.stderr.write(f"majordomo: {message}\n")
+            raise SystemExit(1) from None
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
