@@ -1,0 +1,3 @@
+"""
+Coverage-guided fuzz targets (atheris, libFuzzer), one per file; see README.md.
+"""
