@@ -71,9 +71,19 @@ class HeadTimeoutTests(WireTestCase):
 
         trickling = task.LoopingCall(send_one)
         done = trickling.start(0.05)
-        await support.wait_for(lambda: client.closed, timeout=5)
-        await done
+        try:
+            await support.wait_for(lambda: client.closed, timeout=5)
+        finally:
+            if trickling.running:
+                trickling.stop()
+            await done
         return reactor.seconds() - started
+
+    def test_head_timeout_is_configured(self) -> None:
+        """C{server.head_timeout} reaches the site's channels."""
+        self.assertEqual(self.gateway.config.server.head_timeout, HEAD_TIMEOUT)
+        self.assertIs(self.gateway.site.protocol, limits.BoundedChannel)
+        self.assertEqual(self.gateway.site.requestFactory.head_timeout, HEAD_TIMEOUT)
 
     def test_trickled_head_gets_408(self) -> defer.Deferred[None]:
         """
