@@ -144,6 +144,13 @@ def config_seeds() -> dict[str, bytes]:
             b"server: &s {host: !!str 1, port: 0x1F}\nstorage: {batch_size: 1e3}\n"
             b"logging: {body_storage: s3}\ns3: {enabled: !!bool yes, bucket: *s}\n"
         ),
+        "base_urls": fuzz_config.make_seed(
+            b"providers:\n  gemini:\n    base_url: http://[::1]:8080/v1beta\n",
+            {
+                "providers.openai.base_url": "https://api.openai.com/v1#x",
+                "providers.anthropic.base_url": "http://user@h\u00e9te:99/?q",
+            },
+        ),
         "empty": fuzz_config.make_seed(b""),
     }
 
