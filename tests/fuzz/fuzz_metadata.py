@@ -11,7 +11,8 @@ as raw bytes, whatever they are.
 Properties: only L{MetadataError} is raised; what is returned keeps the
 documented limits (at most C{MAX_HEADERS} names, each 1 to C{MAX_NAME_LENGTH}
 characters, not reserved, each value a string of at most C{MAX_VALUE_BYTES}
-UTF-8 bytes); every name comes from an X-Majordomo-* header; and header
+UTF-8 bytes); every name comes from an X-Majordomo-* header and is one
+C{majordomo metadata activate} takes as it is; and header
 names are case-insensitive (the same headers in swapped case give the same
 metadata, or the same refusal).
 
@@ -59,6 +60,14 @@ def extract(headers: RawHeaders) -> Metadata | str:
         return f"refused: {e}"
 
 
+def activatable(name: str) -> bool:
+    """Whether C{metadata activate} takes C{name} as it is (the rule both apply)."""
+    try:
+        return metadata.metadata_name(name) == name
+    except MetadataError:
+        return False
+
+
 def check_limits(found: Metadata, headers: RawHeaders) -> None:
     sent = {
         metadata.canonical(name.decode("latin-1")[len(metadata.PREFIX) :])
@@ -73,6 +82,7 @@ def check_limits(found: Metadata, headers: RawHeaders) -> None:
         )
         check(name.strip("-") and name not in metadata.RESERVED, f"name {name!r} kept")
         check(name in sent, f"name {name!r} was not sent")
+        check(activatable(name), f"name {name!r} cannot be activated")
         check(
             isinstance(value, str) and len(value.encode("utf-8")) <= metadata.MAX_VALUE_BYTES,
             f"value {value!r}",
