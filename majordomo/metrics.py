@@ -5,10 +5,19 @@ text format (prometheus-client), one registry per gateway service.
 
 Per-request numbers are observed by the proxy when a request ends; the
 state of the log writer, the spool and body uploads is read when scraped.
+
+Model names come from callers and providers, so they are not used as labels
+as they are: a priced model is labelled with the price book's id for it (the
+model's own name, or for a dated snapshot priced as its base model, the base
+model's); the first L{UNPRICED_MODELS_LABELLED} short unpriced names a
+process sees keep theirs (so an operator can see which model lacks a price);
+every other model is C{other}.  Unique names cannot grow the scrape or the
+process's memory.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +35,12 @@ from twisted.web.server import Request
 
 from majordomo.usage import Usage
 
+# Distinct unpriced model names given a label of their own, and their longest length.
+UNPRICED_MODELS_LABELLED = 100
+MAX_MODEL_LABEL_LENGTH = 100
+OTHER_MODEL = "other"
+_LABEL_SAFE = re.compile(r"[A-Za-z0-9._:/@+-]+")
+
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 
@@ -36,6 +51,7 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        self._unpriced_labels: set[str] = set()
         r = self.registry
         self.requests = Counter(
             "majordomo_requests", "Requests proxied", ["provider", "model", "status"], registry=r
@@ -96,7 +112,7 @@ class GatewayMetrics:
         overhead: float | None,
     ) -> None:
         """Record one finished request (answered or not)."""
-        model = (usage.model if usage else None) or ""
+        model = self.model_label(usage.model if usage else None, cost)
         child = self._child
         child(self.requests, provider, model, str(status)).inc()
         child(self.duration, provider).observe(duration)
@@ -118,6 +134,24 @@ class GatewayMetrics:
             child(self.cost, provider, model).inc(float(cost.total_cost))
         if cost is not None and not cost.priced and usage.input_tokens:
             child(self.unpriced, provider, model).inc()
+
+    def model_label(self, model: str | None, cost: Any) -> str:
+        """The C{model} label of a request: bounded whatever names callers send."""
+        if not model:
+            return ""
+        if cost is not None and cost.priced and cost.pricing_key:
+            # The price book's own id: one of a known, bounded set.
+            return str(cost.pricing_key)
+        if model in self._unpriced_labels:
+            return model
+        if (
+            len(self._unpriced_labels) < UNPRICED_MODELS_LABELLED
+            and len(model) <= MAX_MODEL_LABEL_LENGTH
+            and _LABEL_SAFE.fullmatch(model)
+        ):
+            self._unpriced_labels.add(model)
+            return model
+        return OTHER_MODEL
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """

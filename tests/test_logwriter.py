@@ -429,8 +429,8 @@ class RefusedRecordTests(LogWriterTestCase):
 
     def test_refused_record_kept_aside(self) -> defer.Deferred[None]:
         """
-        When one record of a batch cannot be stored (a token count beyond
-        bigint), the batch's other records are still written and counted
+        When one record of a batch cannot be stored even reduced (its id is
+        not a UUID), the batch's other records are still written and counted
         against the key, and the refused one is kept in rejected.jsonl in the
         spool directory with PostgreSQL's reason; nothing stays queued.
         """
@@ -439,7 +439,8 @@ class RefusedRecordTests(LogWriterTestCase):
             spool_dir = self.mktemp()
             writer = self.writer(batch_size=100, flush_interval=3600, spool_dir=spool_dir)
             good = self.records(3)
-            bad = answered(ARRIVED + timedelta(milliseconds=1500), self.key_id, input_tokens=2**70)
+            bad = answered(ARRIVED + timedelta(milliseconds=1500), self.key_id)
+            bad["id"] = "not-a-uuid"
             for record in [good[0], good[1], bad, good[2]]:
                 writer.add(record)
             await writer.flush()
@@ -448,9 +449,8 @@ class RefusedRecordTests(LogWriterTestCase):
             self.assertEqual(writer.queued, 0)
             with open(os.path.join(spool_dir, "rejected.jsonl"), encoding="utf-8") as f:
                 (rejected,) = [json.loads(line) for line in f]
-            self.assertEqual(rejected["record"]["id"], bad["id"])
-            self.assertEqual(rejected["record"]["input_tokens"], 2**70)
-            self.assertIn("out of range for type bigint", rejected["error"])
+            self.assertEqual(rejected["record"]["id"], "not-a-uuid")
+            self.assertIn("invalid input syntax for type uuid", rejected["error"])
 
         return support.as_deferred(go())
 

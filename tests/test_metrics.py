@@ -7,13 +7,14 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer
 
+from majordomo import metrics
 from tests import support
 from tests.gateway_case import GatewayTestCase
 from tests.test_gateway import GUIDE_BODY
 
 
-class MetricsTests(GatewayTestCase):
-    """Scrape, work, scrape again."""
+class ScrapingTestCase(GatewayTestCase):
+    """A gateway whose /metrics a test reads as samples."""
 
     async def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         response = await self.http.get(self.url + "/metrics")
@@ -30,6 +31,10 @@ class MetricsTests(GatewayTestCase):
 
     def value(self, samples: dict[Any, float], name: str, **labels: str) -> float:
         return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+class MetricsTests(ScrapingTestCase):
+    """Scrape, work, scrape again."""
 
     def test_request_metrics_move(self) -> defer.Deferred[None]:
         """
@@ -95,5 +100,50 @@ class MetricsTests(GatewayTestCase):
             self.assertEqual(self.value(samples, "majordomo_body_uploads_pending"), 0)
             self.assertEqual(self.value(samples, "majordomo_body_upload_failures_total"), 0)
             self.assertEqual(self.value(samples, "majordomo_spool_write_failures_total"), 0)
+
+        return support.as_deferred(go())
+
+
+class ModelLabelBoundTests(ScrapingTestCase):
+    """
+    Model names are chosen by callers and providers: however many unique
+    (or huge) names pass through, /metrics stays small and each request is
+    still counted, under the price book's id, its own short name, or C{other}.
+    """
+
+    def test_unique_model_names_do_not_grow_metrics(self) -> defer.Deferred[None]:
+        labelled = metrics.UNPRICED_MODELS_LABELLED + 20
+        short = [f"acme-{i}" for i in range(labelled)]
+        huge = [f"{i}-" + "x" * 50_000 for i in range(20)]
+        names = ["gpt-4o-mini-2099-01-01", *short, *huge]
+
+        async def go() -> None:
+            self.upstream.queue = [
+                support.Canned(chunks=[support.chat_completion(name, 5, 5)]) for name in names
+            ]
+            for name in names:
+                response, _ = await self.post(
+                    "/v1/chat/completions",
+                    {"model": name, "messages": []},
+                    X_Majordomo_Key=self.key,
+                )
+                self.assertEqual(response.code, 200)
+            response = await self.http.get(self.url + "/metrics")
+            text = (await response.content()).decode()
+            self.assertLess(len(text), 200_000)
+            self.assertNotIn("x" * 200, text)
+            samples = await self.scrape()
+
+            def requests(model: str) -> float:
+                labels = {"provider": "openai", "model": model, "status": "200"}
+                return self.value(samples, "majordomo_requests_total", **labels)
+
+            # A dated snapshot priced as its base model is counted as that model.
+            self.assertEqual(requests("gpt-4o-mini"), 1)
+            kept = [name for name in short if requests(name) == 1]
+            self.assertEqual(kept, short[: metrics.UNPRICED_MODELS_LABELLED])
+            self.assertEqual(requests("other"), labelled - len(kept) + len(huge))
+            # Every request still has its exact row.
+            self.assertEqual(len(await self.rows(len(names))), len(names))
 
         return support.as_deferred(go())
