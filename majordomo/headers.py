@@ -1,5 +1,8 @@
 # -*- test-case-name: tests.test_gateway -*-
-"""Which headers go upstream and back, and headers as plain strings for records."""
+"""
+Which headers go upstream and back, headers as plain strings for records,
+and the headers that must be given at most once.
+"""
 
 from __future__ import annotations
 
@@ -63,3 +66,22 @@ def header_map(headers: Headers) -> dict[str, str]:
         name.decode("latin-1").lower(): values[-1].decode("latin-1")
         for name, values in headers.getAllRawHeaders()
     }
+
+
+class RepeatedHeader(ValueError):
+    """A header that must be given once was given more than once."""
+
+
+def single_value(headers: Headers, name: bytes) -> str | None:
+    """
+    The value of header C{name}, or None when absent.  Two such headers, or
+    one holding a comma-separated list, raise L{RepeatedHeader}: which of
+    them counts would be a guess (twisted.web keeps all; a proxy in front
+    may keep the first).
+    """
+    values = headers.getRawHeaders(name)
+    if not values:
+        return None
+    if len(values) > 1 or b"," in values[0]:
+        raise RepeatedHeader(f"{name.decode('latin-1').title()} may be given only once")
+    return values[0].decode("latin-1")

@@ -6,11 +6,15 @@ one record per request to the log writer.
 
 The response never waits on the database: the record is queued when the last
 byte has been sent.
+
+Every request with a valid key gets its row, refused ones included (an
+unknown provider, a request target or metadata the gateway does not
+forward).  Caller and provider text reaches a log line only escaped
+(L{majordomo.logtext}), and paths only redacted.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -26,11 +30,19 @@ from twisted.web.iweb import IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from majordomo import metadata, providers
+from majordomo import metadata, providers, request_fields, target
 from majordomo.bodies import Exchange
-from majordomo.headers import NOT_FORWARDED, forwardable, header_list, header_map
+from majordomo.headers import (
+    NOT_FORWARDED,
+    RepeatedHeader,
+    forwardable,
+    header_list,
+    header_map,
+    single_value,
+)
 from majordomo.ids import uuid7
 from majordomo.keys import hash_key
+from majordomo.logtext import failure_text, printable
 from majordomo.metrics import GatewayMetrics
 from majordomo.record import CLIENT_CLOSED_REQUEST, RequestRecord
 from majordomo.relay import BodyRelay, ClientWatch
@@ -44,6 +56,12 @@ log = Logger()
 _USAGE_ON_REQUEST_PATHS = ("/chat/completions", "/completions")
 # Azure rejects stream_options before this api-version (USAGE-SPEC.md 2.7).
 _AZURE_STREAM_OPTIONS_SINCE = "2024-09-01"
+# Distinct (provider, model) pairs warned about as having no price; the
+# counts that matter are in /metrics.  Model names are cut to this length.
+MAX_UNPRICED_MODELS = 1000
+_UNPRICED_NAME_LIMIT = 200
+# Characters of a path kept in a log line.
+_LOGGED_PATH_LIMIT = 500
 
 
 def _may_ask_for_usage(provider: str, path: str, query: str) -> bool:
@@ -85,8 +103,11 @@ def _log_request(row: dict[str, Any]) -> None:
     the event for JSON logs.
     """
     fields = {field: row.get(field) for field in _LOGGED_FIELDS}
+    for field in _CALLER_TEXT_FIELDS:
+        if isinstance(fields[field], str):
+            fields[field] = printable(fields[field], _LOGGED_PATH_LIMIT)
     line = (
-        f"{row['method']} {row['path']} {row['status_code']} {row.get('model')} "
+        f"{fields['method']} {fields['path']} {row['status_code']} {fields['model']} "
         f"in={row.get('input_tokens')} out={row.get('output_tokens')} "
         f"cost={row.get('total_cost')} {row['duration_ms']:.0f}ms"
     )
@@ -108,6 +129,8 @@ _LOGGED_FIELDS = (
     "duration_ms",
     "ttfb_ms",
 )
+# Logged fields that hold caller or provider text.
+_CALLER_TEXT_FIELDS = ("method", "path", "model")
 
 
 class ProxyResource(Resource):
@@ -146,7 +169,11 @@ class ProxyResource(Resource):
         return waiter
 
     def _internal_error(self, failure: Failure, request: Request) -> None:
-        log.failure("Proxying {uri} failed", failure, uri=request.path)
+        log.critical(
+            "Proxying {path} failed: {failure}",
+            path=printable(providers.redact_path(request.uri.decode("latin-1"))),
+            failure=failure_text(failure),
+        )
         if not request.finished and request.channel is not None:
             if not request.startedWriting:
                 request.setResponseCode(500)
@@ -157,46 +184,60 @@ class ProxyResource(Resource):
         arrived = gateway.clock.seconds()
         uri = request.uri.decode("latin-1")
         query = uri.split("?", 1)[1] if "?" in uri else ""
-        headers = header_map(request.requestHeaders)
-
-        chosen = headers.get("x-majordomo-provider", "").strip().lower()
-        provider = chosen or providers.detect_provider(uri)
-        error_provider = provider if provider in providers.PROVIDERS else providers.OPENAI
-        if provider not in providers.PROVIDERS or not gateway.base_url(provider):
-            self._reject(request, error_provider, 400, f"Provider {provider!r} is not configured")
+        choice = providers.choose_provider(request.requestHeaders, uri)
+        provider = choice.provider
+        try:
+            key = single_value(request.requestHeaders, b"x-majordomo-key")
+        except RepeatedHeader as e:
+            self._reject(request, provider, 400, str(e))
             return
-
-        key = headers.get("x-majordomo-key")
         if not key:
             self._reject(request, provider, 401, "Missing X-Majordomo-Key header")
             return
         try:
             api_key = await gateway.authenticate(hash_key(key))
         except Exception as e:
-            log.warn("Cannot check an API key now: {error}", error=e)
+            log.warn("Cannot check an API key now: {error}", error=printable(e))
             self._reject(request, provider, 503, "The key store is unavailable; try again shortly")
             return
         if api_key is None:
             self._reject(request, provider, 401, "Invalid or revoked X-Majordomo-Key")
             return
 
+        headers = header_map(request.requestHeaders)
+        method = request.method.decode("latin-1")
+        record = _new_record(arrived, api_key.id, provider, method, uri, headers, None)
+        base_url = gateway.base_url(provider)
+        refused = choice.refused
+        if not base_url and not refused:
+            refused = f"Provider {provider!r} is not configured"
+        if refused:
+            self._refuse(request, record, refused)
+            return
+        try:
+            target.check_method(request.method)
+            url = target.upstream_url(base_url, request.uri)
+        except target.BadTarget as e:
+            self._refuse(request, record, str(e))
+            return
+
         body = request.content.read() if request.content is not None else b""
-        facts = providers.request_facts(provider, uri, _json_or_none(body))
-        record = _new_record(
-            arrived, api_key.id, provider, request.method.decode("ascii"), uri, headers, facts.model
-        )
+        fields = await request_fields.read(body, gateway.clock)
+        facts = providers.request_facts(provider, uri, fields.values() if fields else None)
+        record.model_requested = facts.model
         try:
             found = metadata.extract(request.requestHeaders.getAllRawHeaders())
         except metadata.MetadataError as e:
-            gateway.writer.add(record.failed(arrived, 400, str(e)))
-            self._reject(request, provider, 400, str(e))
+            self._refuse(request, record, str(e))
             return
         record.raw_metadata = found.raw
         record.indexed_metadata = found.indexed(api_key.indexed_metadata)
         record.provider_alias = found.provider_alias
 
         may_ask = _may_ask_for_usage(provider, uri.split("?")[0], query)
-        sent_body, strip_usage_chunk = inject_include_usage(body) if may_ask else (body, False)
+        sent_body, strip_usage_chunk = (
+            inject_include_usage(body, fields) if may_ask and fields else (body, False)
+        )
 
         request.setHeader(b"x-majordomo-request-id", str(record.id).encode("ascii"))
         client = ClientWatch(request)
@@ -204,7 +245,7 @@ class ProxyResource(Resource):
         upstream = client.track(
             gateway.upstream.request(
                 request.method,
-                gateway.base_url(provider).encode("ascii") + request.uri,
+                url,
                 forwardable(request.requestHeaders),
                 sent_body or None,
                 gateway.response_timeout,
@@ -301,33 +342,51 @@ class ProxyResource(Resource):
         d = defer.Deferred.fromCoroutine(
             self._record_rejection(request_headers, method, uri, status, message)
         )
-        d.addErrback(lambda f: log.failure("Recording a rejected request failed", f))
+        d.addErrback(
+            lambda f: log.critical(
+                "Recording a rejected request failed: {failure}", failure=failure_text(f)
+            )
+        )
 
     async def _record_rejection(
         self, request_headers: Headers, method: str, uri: str, status: int, message: str
     ) -> None:
         gateway = self._gateway
         arrived = gateway.clock.seconds()
-        headers = header_map(request_headers)
-        key = headers.get("x-majordomo-key")
+        try:
+            key = single_value(request_headers, b"x-majordomo-key")
+        except RepeatedHeader:
+            return  # no key is checked, so no row: whose would it be?
         api_key = await gateway.authenticate(hash_key(key)) if key else None
         if api_key is None:
             return
-        chosen = headers.get("x-majordomo-provider", "").strip().lower()
-        provider = chosen if chosen in providers.PROVIDERS else providers.detect_provider(uri)
+        provider = providers.choose_provider(request_headers, uri).provider
+        headers = header_map(request_headers)
         record = _new_record(arrived, api_key.id, provider, method, uri, headers, None)
         gateway.writer.add(record.failed(now=arrived, status_code=status, message=message))
 
     def _note_unpriced(self, provider: str, model: str) -> None:
-        """Count a request we could not price; warn on the first of each model."""
-        self.unpriced[provider, model] += 1
-        if self.unpriced[provider, model] == 1:
+        """
+        Count a request we could not price; warn on the first of each model,
+        for the first L{MAX_UNPRICED_MODELS} models (names are the caller's
+        or the provider's choice: the set must not grow without end).
+        """
+        name = model[:_UNPRICED_NAME_LIMIT]
+        if (provider, name) not in self.unpriced:
+            if len(self.unpriced) >= MAX_UNPRICED_MODELS:
+                return
             log.warn(
                 "No price for model {model} on {provider}: its cost is recorded as NULL "
                 "(add it to pricing.overrides_file, then run majordomo reprice)",
-                model=model,
+                model=printable(model, _UNPRICED_NAME_LIMIT),
                 provider=provider,
             )
+            if len(self.unpriced) == MAX_UNPRICED_MODELS - 1:
+                log.warn(
+                    "{count} models have no price; not warning about more (see /metrics)",
+                    count=MAX_UNPRICED_MODELS,
+                )
+        self.unpriced[provider, name] += 1
 
     def _start_response(self, request: Request, response: IResponse) -> None:
         request.setResponseCode(response.code, response.phrase)
@@ -336,6 +395,12 @@ class ProxyResource(Resource):
             if name.lower() not in NOT_FORWARDED and any(values):
                 # (treq's gzip decoder leaves an empty Content-Encoding behind.)
                 request.responseHeaders.setRawHeaders(name, values)
+
+    def _refuse(self, request: Request, record: RequestRecord, message: str) -> None:
+        """Answer 400 to an authenticated request not forwarded, and write its row."""
+        row = record.failed(now=self._gateway.clock.seconds(), status_code=400, message=message)
+        self._gateway.writer.add(row)
+        self._reject(request, record.provider, 400, message)
 
     def _reject(self, request: Request, provider: str, status: int, message: str) -> None:
         self._gateway.metrics.requests.labels(provider, "", str(status)).inc()
@@ -364,12 +429,12 @@ class ProxyResource(Resource):
         elif failure.check(ResponseFailed):
             status, message = 502, "The upstream provider closed the connection without answering"
         else:
-            status, message = 502, f"Upstream request failed: {failure.getErrorMessage()}"
+            status, message = 502, f"Upstream request failed ({failure.type.__name__})"  # type: ignore[union-attr]
         log.warn(
             "Upstream {provider} failed for request {id}: {reason}",
             provider=record.provider,
             id=record.id,
-            reason=failure.getErrorMessage(),
+            reason=_failure_reason(failure),
         )
         now = self._gateway.clock.seconds()
         row = record.failed(now=now, status_code=status, message=message, maybe_billed=maybe_billed)
@@ -417,10 +482,25 @@ def _timed_out(failure: Failure) -> bool:
     return False
 
 
-def _json_or_none(body: bytes) -> Any:
-    if not body or body[:1] not in (b"{", b"[", b" ", b"\n", b"\r", b"\t"):
-        return None
-    try:
-        return json.loads(body)
-    except ValueError:
-        return None  # malformed bodies are still forwarded; the provider answers
+# Failures whose message comes from the operating system or the configured
+# base URL, never from the request: logged as they are.
+_FAILURES_WITH_SAFE_MESSAGES = (ConnectError, error.TimeoutError, defer.CancelledError)
+
+
+def _failure_reason(failure: Failure) -> str:
+    """
+    Why a request to the upstream failed, for the log.  Other exceptions'
+    messages may hold the URL (with a C{?key=}) or a header: only their
+    type is named, and those of the reasons they wrap.
+    """
+    if failure.check(*_FAILURES_WITH_SAFE_MESSAGES):
+        return printable(failure.getErrorMessage())
+    reason = failure.type.__name__  # type: ignore[union-attr]
+    wrapped = getattr(failure.value, "reasons", None)
+    if isinstance(wrapped, list):
+        inner = ", ".join(
+            _failure_reason(each) if isinstance(each, Failure) else type(each).__name__
+            for each in wrapped
+        )
+        reason += f" ({inner})"
+    return reason

@@ -5,7 +5,7 @@ where its API key travels, which model a request names, and what its error
 bodies look like (so a client SDK can parse the gateway's own errors).
 
 The provider is chosen from the path, or from C{X-Majordomo-Provider}, which may
-only name a configured provider and never a URL.
+only name a configured provider and never a URL (L{choose_provider}).
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import parse_qsl, unquote_plus
+
+from twisted.web.http_headers import Headers
 
 OPENAI = "openai"
 ANTHROPIC = "anthropic"
@@ -32,6 +34,43 @@ _GEMINI_METHOD = re.compile(
 _AZURE_DEPLOYMENT = re.compile(r"^/openai/deployments/([^/?]+)")
 # Query parameters that carry a provider key; redacted wherever a path is stored.
 _SECRET_QUERY_PARAMS = frozenset({"key", "api_key", "api-key"})
+# A parameter name, after any character some parser takes to start one: "?"
+# (also a stray second one), "&", ";" (older parsers) or "#".  Its value runs
+# to the next "&" or "#" (where parse_qsl ends it) or the end.
+_PARAMETER_NAME = re.compile(r"[?&;#]([^=?&;#]*)=")
+_VALUE_END = re.compile(r"[&#]|$")
+
+
+@dataclass(frozen=True)
+class ProviderChoice:
+    """
+    The provider a request goes to, and why it cannot go there, if it cannot.
+
+    C{provider} is always one of L{PROVIDERS}: the one named in
+    C{X-Majordomo-Provider} or, when that names none (or is absent), the
+    one of the path; its error format is the one a refusal uses.
+    """
+
+    provider: str
+    refused: str | None = None  # why the named provider cannot be used
+
+
+def choose_provider(headers: Headers, path: str) -> ProviderChoice:
+    """
+    The provider for a request with these headers and this path (the request
+    target), the one rule every part of the gateway follows.  An
+    C{X-Majordomo-Provider} that names no provider (given twice counts as
+    naming none) is refused.
+    """
+    named = b",".join(headers.getRawHeaders(b"x-majordomo-provider", []))
+    chosen = named.decode("latin-1").strip().lower()
+    if chosen in PROVIDERS:
+        return ProviderChoice(chosen)
+    provider = detect_provider(path)
+    if not named:
+        return ProviderChoice(provider)
+    shown = chosen[:64] + ("..." if len(chosen) > 64 else "")
+    return ProviderChoice(provider, f"Provider {shown!r} is not configured")
 
 
 def detect_provider(path: str) -> str:
@@ -68,15 +107,27 @@ def hash_secret(secret: str | None) -> str | None:
 
 
 def redact_path(path: str) -> str:
-    """C{path} with the values of secret query parameters replaced by C{REDACTED}."""
-    if "?" not in path:
+    """
+    C{path} with the values of secret query parameters replaced by
+    C{REDACTED}, however the query is split: a name after C{?} (also a
+    second one), C{&}, C{;} or C{#}, percent-encoded or not, in any case.
+    Every other character is kept as it was.
+    """
+    if "=" not in path:
         return path
-    base, query = path.split("?", 1)
-    pairs = [
-        (name, "REDACTED" if name.lower() in _SECRET_QUERY_PARAMS else value)
-        for name, value in parse_qsl(query, keep_blank_values=True)
-    ]
-    return base + "?" + urlencode(pairs, quote_via=quote, safe=":/")
+    kept: list[str] = []
+    done = 0
+    for name in _PARAMETER_NAME.finditer(path):
+        if name.start() < done or not _is_secret_name(name[1]):
+            continue
+        end = _VALUE_END.search(path, name.end()).start()  # type: ignore[union-attr]
+        kept += (path[done : name.end()], "REDACTED")
+        done = end
+    return "".join(kept) + path[done:] if kept else path
+
+
+def _is_secret_name(name: str) -> bool:
+    return unquote_plus(name).strip().lower() in _SECRET_QUERY_PARAMS
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import re
 from dataclasses import replace
 from typing import Any
 
+from majordomo import request_fields
 from majordomo.sse import SSEParser
 from majordomo.usage import (
     COMPLETE,
@@ -147,30 +148,35 @@ class OpenAIStreamParser(StreamedJSONParser):
         return self.unknown(MISSING_STREAM_TRUNCATED)
 
 
-def inject_include_usage(body: bytes) -> tuple[bytes, bool]:
+def inject_include_usage(
+    body: bytes, fields: request_fields.JSONObject | None = None
+) -> tuple[bytes, bool]:
     """
     Ask a streamed Chat Completions or legacy Completions request for usage:
     return the body with C{stream_options.include_usage} set, and True.  A
     request that does not stream, already asks, or is not a JSON object is
     returned unchanged with False.
+
+    The body is not re-serialised: the member is spliced into its bytes
+    (added first, or set inside an existing C{stream_options}), so every
+    other byte reaches the provider as the client sent it.  C{fields} is
+    what L{request_fields.read} found in C{body}; read here when None.
     """
-    try:
-        request = json.loads(body)
-    except (ValueError, RecursionError):
+    if fields is None:
+        fields = request_fields.read_now(body)
+    if fields is None or fields.value("stream") is not True:
         return body, False
-    if not isinstance(request, dict) or request.get("stream") is not True:
+    if "stream_options" not in fields.members:
+        return fields.set_member(body, "stream_options", b'{"include_usage":true}'), True
+    located = fields if fields.located else request_fields.read_now(body)
+    options = located.members.get("stream_options") if located is not None else None
+    if located is None or options is None:
         return body, False
-    options = request.get("stream_options")
-    if options is None:
-        options = {}
-    if not isinstance(options, dict) or options.get("include_usage") is True:
-        return body, False
-    request["stream_options"] = {**options, "include_usage": True}
-    try:
-        text = json.dumps(request, ensure_ascii=False, separators=(",", ":"))
-        return text.encode("utf-8"), True
-    except UnicodeEncodeError:  # a lone surrogate, legal as a JSON escape only
-        return json.dumps(request, separators=(",", ":")).encode("ascii"), True
+    if options.value is None:  # "stream_options": null
+        return located.set_member(body, "stream_options", b'{"include_usage":true}'), True
+    if options.members is None or options.members.value("include_usage") is True:
+        return body, False  # not an object (the provider says so), or asking already
+    return options.members.set_member(body, "include_usage", b"true"), True
 
 
 def is_usage_chunk(data: str) -> bool:
