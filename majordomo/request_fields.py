@@ -123,11 +123,12 @@ class JSONObject:
         Every other byte is kept.
         """
         member = self.members.get(name)
+        whole = memoryview(body)  # (slices of it are not copies)
         if member is not None:
             assert member.start >= 0, "set_member needs a located object"
-            return body[: member.start] + value + body[member.end :]
+            return b"".join((whole[: member.start], value, whole[member.end :]))
         added = json.dumps(name).encode() + b":" + value + (b"," if self.count else b"")
-        return body[: self.start + 1] + added + body[self.start + 1 :]
+        return b"".join((whole[: self.start + 1], added, whole[self.start + 1 :]))
 
 
 def read_now(body: bytes, wanted: dict[str, Any] = REQUEST_FIELDS) -> JSONObject | None:
