@@ -35,10 +35,12 @@ _AZURE_DEPLOYMENT = re.compile(r"^/openai/deployments/([^/?]+)")
 # Query parameters that carry a provider key; redacted wherever a path is stored.
 _SECRET_QUERY_PARAMS = frozenset({"key", "api_key", "api-key"})
 # A parameter name, after any character some parser takes to start one: "?"
-# (also a stray second one), "&", ";" (older parsers) or "#".  Its value runs
-# to the next "&" or "#" (where parse_qsl ends it) or the end.
-_PARAMETER_NAME = re.compile(r"[?&;#]([^=?&;#]*)=")
-_VALUE_END = re.compile(r"[&#]|$")
+# (also a stray second one), "&", ";" (older parsers) or "#"; then its "=",
+# or the end of the parameter as parse_qsl sees it (a secret name with no
+# value still gets one, so every reading of the query finds it redacted).
+# A value runs to the next "&" (where parse_qsl ends it) or the end.
+_PARAMETER_NAME = re.compile(r"[?&;#]([^=?&;#]*)(?:(=)|(?=&|$))")
+_VALUE_END = re.compile(r"&|$")
 
 
 @dataclass(frozen=True)
@@ -113,12 +115,16 @@ def redact_path(path: str) -> str:
     second one), C{&}, C{;} or C{#}, percent-encoded or not, in any case.
     Every other character is kept as it was.
     """
-    if "=" not in path:
+    if "?" not in path and ";" not in path and "#" not in path:
         return path
     kept: list[str] = []
     done = 0
     for name in _PARAMETER_NAME.finditer(path):
         if name.start() < done or not _is_secret_name(name[1]):
+            continue
+        if name[2] is None:  # no value
+            kept += (path[done : name.end()], "=REDACTED")
+            done = name.end()
             continue
         end = _VALUE_END.search(path, name.end()).start()  # type: ignore[union-attr]
         kept += (path[done : name.end()], "REDACTED")
