@@ -77,7 +77,7 @@ class _Malformed(Exception):
     """The body is not one JSON object (as far as the scan can tell)."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Member:
     """One member of an object: where its value lies in the body, and what it holds."""
 
@@ -87,7 +87,7 @@ class Member:
     members: JSONObject | None  # the members read from it, when it is an object
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class JSONObject:
     """
     An object in the body: the offset of its C{{}, how many members it has,
