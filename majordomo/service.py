@@ -5,6 +5,12 @@ and HTTP listener together and starts and stops them in order.
 
 Stop order matters (DESIGN.md, "Known traps"): stop listening first, then
 flush the log writer, then close the database and the upstream pool.
+
+Before it listens, the service makes what running out of file descriptors
+under load must not break: the soft RLIMIT_NOFILE raised to the hard limit
+(L{majordomo.fdlimit}), the imports requests would make on first use
+(L{majordomo.preload}), the configured providers' endpoints; and it listens
+on a port that backs off when it cannot accept (L{majordomo.listening}).
 """
 
 from __future__ import annotations
@@ -17,21 +23,24 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from majordomo import providers
 from majordomo.bodies import make_body_store
 from majordomo.config import Config
 from majordomo.db import Database
+from majordomo.fdlimit import DescriptorWatch, raise_open_files_limit
 from majordomo.health import Health, Ready
 from majordomo.keycache import KeyCache
 from majordomo.keys import KeyStore
 from majordomo.limits import limit_request_bodies
+from majordomo.listening import adopt_port, listen_tcp
 from majordomo.logwriter import LogWriter
 from majordomo.metrics import GatewayMetrics, MetricsResource
+from majordomo.preload import load_lazy_imports
 from majordomo.pricing_refresh import PricingService
 from majordomo.pricing_show import configured_book
 from majordomo.proxy import Gateway, ProxyResource
@@ -146,10 +155,15 @@ class GatewayService(service.MultiService):
             clock=reactor,
             on_rejected=self.proxy.record_rejection,
         )
+        self.descriptors = DescriptorWatch(reactor)
         self.port: Any = None
 
     def _readiness(self) -> tuple[str | None, dict[str, Any]]:
-        """Ready while records can be journaled; PostgreSQL may be away meanwhile."""
+        """
+        Ready while records can be journaled (PostgreSQL may be away meanwhile)
+        and requests can be forwarded: file descriptors are left, and upstream
+        connections do not keep failing inside the gateway.
+        """
         details = {
             "postgres": "reachable" if self.db.available else "unreachable",
             "spooled_records": self.writer.queued,
@@ -157,13 +171,18 @@ class GatewayService(service.MultiService):
         }
         if not self.spool.writable() or not self.writer.spool_ok:
             return "request records cannot be journaled (spool full or not writable)", details
-        return None, details
+        return self.descriptors.problem() or self.upstream.cannot_forward(), details
 
     @defer.inlineCallbacks
     def startService(self) -> Any:
         host, port = self.config.server.host, self.config.server.port
+        descriptor_limit = raise_open_files_limit()
         log.info("Starting Majordomo Gateway on {host}:{port}", host=host, port=port)
         super().startService()
+        load_lazy_imports()
+        for provider in providers.PROVIDERS:
+            if self.config.providers.base_url(provider):
+                self.upstream.prepare(self.config.providers.base_url(provider))
         try:
             self.writer.replay(self.spool.open())
         except SpoolError as e:
@@ -180,7 +199,7 @@ class GatewayService(service.MultiService):
                 )
             )
         try:
-            self.port = yield self._listen(host, port)
+            self.port = self._listen(host, port)
         except Exception as e:
             log.critical("Cannot listen on {host}:{port}: {error}", host=host, port=port, error=e)
             self._failed_to_start()
@@ -190,6 +209,8 @@ class GatewayService(service.MultiService):
         self.key_cache.start()  # not waited for: lookups use PostgreSQL until it listens
         self.pricing.startService()
         log.info("Pricing data loaded ({count} models)", count=len(self.pricing.book))
+        log.info("{descriptor_limit}", descriptor_limit=descriptor_limit)
+        self.descriptors.start()
 
     def _failed_to_start(self) -> None:
         """
@@ -201,14 +222,10 @@ class GatewayService(service.MultiService):
         self._reactor.callWhenRunning(self._reactor.stop)
         self._reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
 
-    def _listen(self, host: str, port: int) -> defer.Deferred[Any]:
+    def _listen(self, host: str, port: int) -> Any:
         """Listen; with server.reuse_port, on a socket other processes may share."""
         if not self.config.server.reuse_port:
-            endpoint_type = TCP6ServerEndpoint if ":" in host else TCP4ServerEndpoint
-            listening: defer.Deferred[Any] = endpoint_type(
-                self._reactor, port, interface=host
-            ).listen(self.site)
-            return listening
+            return listen_tcp(self._reactor, port, self.site, host)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as shared:
             shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -216,8 +233,8 @@ class GatewayService(service.MultiService):
             shared.bind((host, port))
             shared.listen(1024)
             shared.setblocking(False)
-            # The reactor takes its own copy of the descriptor.
-            return defer.succeed(self._reactor.adoptStreamPort(shared.fileno(), family, self.site))
+            # The port takes its own copy of the descriptor.
+            return adopt_port(self._reactor, shared.fileno(), family, self.site)
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
@@ -226,6 +243,7 @@ class GatewayService(service.MultiService):
         server.shutdown_timeout), close client connections, write what
         PostgreSQL takes (the rest stays journaled for the next start), close.
         """
+        self.descriptors.stop()
         if self.port is not None:
             yield self.port.stopListening()
         if self.proxy.in_flight:
