@@ -169,9 +169,12 @@ class GatewayService(service.MultiService):
             "spooled_records": self.writer.queued,
             "pending_bodies": self.bodies.pending,
         }
+        out_of_descriptors = self.descriptors.problem()  # first: the spool may fail for it
+        if out_of_descriptors is not None:
+            return out_of_descriptors, details
         if not self.spool.writable() or not self.writer.spool_ok:
             return "request records cannot be journaled (spool full or not writable)", details
-        return self.descriptors.problem() or self.upstream.cannot_forward(), details
+        return self.upstream.cannot_forward(), details
 
     @defer.inlineCallbacks
     def startService(self) -> Any:

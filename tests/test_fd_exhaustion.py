@@ -17,6 +17,7 @@ soft limit is raised to the hard one at start.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -26,11 +27,17 @@ import sys
 import tempfile
 from typing import Any
 
-from twisted.internet import defer, protocol, reactor, ssl
+from twisted.internet import defer, protocol, reactor, ssl, task
+from twisted.internet.error import DNSLookupError
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase
+from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
+from majordomo import listening
+from majordomo.listening import listen_tcp
+from majordomo.upstream import LOCAL_FAILURES_UNREADY, UpstreamClient
 from tests import support
 from tests.raw_http import parse, request_bytes, send
 from tests.test_tap import free_port
@@ -114,6 +121,12 @@ class Probe(protocol.Protocol):
         if sep and length and len(body) >= int(length[1]) and self.waiting is not None:
             waiting, self.waiting, self.buffer = self.waiting, None, b""
             waiting.callback((parse(head + sep + body).status, body[: int(length[1])]))
+
+
+def out_of_descriptors(ready: tuple[int, dict[str, Any]]) -> bool:
+    """Whether a /readyz answer says the gateway is out of descriptors."""
+    status, body = ready
+    return status == 503 and re.search("file descriptors|open files", body["reason"]) is not None
 
 
 def row_counts() -> dict[int, int]:
@@ -237,30 +250,28 @@ class ExhaustionTests(TestCase):
             await self.connect(probe)
             self.assertEqual((await self.ready(probe))[0], 200)
 
-            # The burst, and more until the gateway is out of descriptors (a
-            # forwarded request holds two until the upstream answers).
+            # The burst, and more all along (a forwarded request holds two
+            # descriptors until the upstream answers; one refused frees its own).
             burst = [self.chat() for _ in range(BURST)]
+            pressure = task.LoopingCall(lambda: burst.extend(self.chat() for _ in range(10)))
+            pressure.start(0.2)
+            self.addCleanup(lambda: pressure.running and pressure.stop())
             deadline = reactor.seconds() + 20
-            while open_files(self.gateway.process.pid) < LIMIT - 4:
-                self.assertLess(reactor.seconds(), deadline, "the gateway never ran out")
-                await support.sleep(0.3)
-                burst += [self.chat() for _ in range(20)]
-            await support.sleep(1.5)  # /readyz counts descriptors every second
+            while not out_of_descriptors(ready := await self.ready(probe)):
+                self.assertLess(reactor.seconds(), deadline, f"/readyz did not say so: {ready}")
+                await support.sleep(0.1)
+            self.assertGreater(open_files(self.gateway.process.pid), LIMIT - 16)
 
-            status, ready = await self.ready(probe)
-            self.assertEqual(status, 503, ready)
-            self.assertRegex(ready["reason"], "file descriptors|open files")
-
-            # Held exhaustion, with new connections still arriving: little CPU.
+            # Held exhaustion, new connections still arriving: little CPU.
             pid = self.gateway.process.pid
             before, started = cpu_seconds(pid), reactor.seconds()
-            knocking = [self.chat() for _ in range(20)]
             await support.sleep(2.0)
             used = cpu_seconds(pid) - before
             self.assertLess(used, 0.4 * (reactor.seconds() - started), f"{used:.2f}s of CPU")
+            pressure.stop()
 
             self.upstream.release()
-            outcomes = [await e.done for e in burst + knocking]
+            outcomes = [await e.done for e in burst]
             by_status: dict[int, int] = {}
             for status, took in outcomes:
                 by_status[status] = by_status.get(status, 0) + 1
@@ -401,3 +412,97 @@ class LimitRaisedTests(TestCase):
                 self.assertRegex(f.read(), r"Max open files\s+400\s+400\s")
 
         return support.as_deferred(gateway.explained(go()))
+
+
+class RefusingAccept:
+    """A listening socket whose accept() fails with EMFILE while C{refusing}."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.refusing = True
+        self.calls = 0
+
+    def accept(self) -> Any:
+        self.calls += 1
+        if self.refusing:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return self.real.accept()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+class BackoffPortTests(TestCase):
+    """The listening port pauses, instead of spinning, while accept() finds no descriptor."""
+
+    def test_backs_off_then_accepts_again(self) -> defer.Deferred[None]:
+        """
+        With a connection queued and accept() failing, the port tries a few
+        times a second (not thousands: the socket stays readable), says so
+        once, and accepts the connection within a second once it can.
+        """
+        accepted: list[Any] = []
+        factory = protocol.Factory.forProtocol(protocol.Protocol)
+        factory.buildProtocol = lambda addr: accepted.append(addr) or protocol.Protocol()  # type: ignore[method-assign]
+        port = listen_tcp(reactor, 0, factory, "127.0.0.1")
+        self.addCleanup(port.stopListening)
+        refusing = RefusingAccept(port.socket._socket)
+        port.socket._socket = refusing
+
+        async def go() -> None:
+            with capturedLogs() as events:
+                client = await protocol.ClientCreator(reactor, protocol.Protocol).connectTCP(
+                    "127.0.0.1", port.getHost().port
+                )
+                self.addCleanup(client.transport.loseConnection)
+                await support.sleep(1.0)
+                self.assertLess(refusing.calls, 60)
+                self.assertEqual(accepted, [])
+                refusing.refusing = False
+                await support.wait_for(lambda: accepted, timeout=1.5)
+            messages = [
+                formatEvent(e) for e in events if e.get("log_namespace") == listening.__name__
+            ]
+            self.assertEqual(len(messages), 2, messages)
+            self.assertIn("Cannot accept connections: Too many open files", messages[0])
+            self.assertIn("Accepting connections again", messages[1])
+
+        return support.as_deferred(go())
+
+
+class ResolverFailureTests(TestCase):
+    """A resolver that raises fails the request at once, and /readyz hears of it."""
+
+    def test_resolver_exception_fails_promptly(self) -> defer.Deferred[None]:
+        """
+        getaddrinfo raising what it raises out of descriptors (OSError EMFILE)
+        or with the IDNA codec missing (LookupError) fails each request with
+        DNSLookupError (the proxy's 502 "could not be reached") within a
+        second, not at the 30 s response timeout; after three, the client
+        says it cannot forward, and why.
+        """
+
+        errors = [
+            OSError(errno.EMFILE, "Too many open files"),
+            LookupError("unknown encoding: idna"),
+        ]
+        errors.append(errors[-1])
+
+        def broken(*args: Any) -> Any:
+            raise errors.pop(0)
+
+        client = UpstreamClient(reactor, 4, 5.0, getaddrinfo=broken)
+        self.addCleanup(client.close)
+
+        async def go() -> None:
+            for _ in range(LOCAL_FAILURES_UNREADY):
+                self.assertIsNone(client.cannot_forward())
+                started = reactor.seconds()
+                with self.assertRaises(DNSLookupError):
+                    await client.request(
+                        b"POST", b"http://upstream.test/v1", Headers(), b"{}", 30.0
+                    )
+                self.assertLess(reactor.seconds() - started, 1.0)
+            self.assertIn("unknown encoding: idna", client.cannot_forward() or "")
+
+        return support.as_deferred(go())
