@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import reprlib
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -251,6 +252,26 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
+# Values and keys quoted in a message: one line, about 100 characters at most,
+# whatever they hold (a YAML alias can make a few bytes a value of millions).
+_QUOTE = reprlib.Repr()
+_QUOTE.maxstring = _QUOTE.maxother = 80
+_QUOTE.maxlist = _QUOTE.maxdict = _QUOTE.maxtuple = _QUOTE.maxset = 4
+_QUOTE.maxlevel = 2
+
+
+def _shown(value: Any) -> str:
+    """C{value} quoted for a one-line message, briefly."""
+    return _QUOTE.repr(value)
+
+
+def _key(name: Any) -> str:
+    """A key as a message names it: as written when that is one short line, else quoted."""
+    if isinstance(name, str) and name.isprintable() and len(name) <= 80:
+        return name
+    return _shown(name)
+
+
 def _coerce(key: str, kind: type, value: Any, from_env: bool) -> Any:
     """Turn C{value} into C{kind} or raise a L{ConfigError} naming C{key}."""
     if kind is bool:
@@ -258,13 +279,13 @@ def _coerce(key: str, kind: type, value: Any, from_env: bool) -> Any:
             return value
         if from_env and str(value).lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
             return str(value).lower() in ("1", "true", "yes", "on")
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        raise ConfigError(f"{key}: expected true or false, got {_shown(value)}")
     if kind is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if from_env and re.fullmatch(r"\s*-?\d+\s*", str(value)):
             return int(value)
-        raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+        raise ConfigError(f"{key}: expected a whole number, got {_shown(value)}")
     if kind is float:
         # Floats are durations or sizes: a number of seconds, or "250ms", "5m", "1h".
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -273,14 +294,14 @@ def _coerce(key: str, kind: type, value: Any, from_env: bool) -> Any:
         if match:
             return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
         raise ConfigError(
-            f"{key}: expected a number of seconds (or 250ms, 30s, 5m, 1h), got {value!r}"
+            f"{key}: expected a number of seconds (or 250ms, 30s, 5m, 1h), got {_shown(value)}"
         )
     if kind is str:
         if isinstance(value, str):
             return _text(key, value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        raise ConfigError(f"{key}: expected a string, got {_shown(value)}")
     raise TypeError(f"unsupported setting type {kind!r}")
 
 
@@ -309,7 +330,7 @@ def _build(base: Any, values: Any, prefix: str, env: Mapping[str, str]) -> Any:
     known = {f.name: f for f in dataclasses.fields(cls)}
     for name in values:
         if name not in known:
-            raise ConfigError(f"{prefix}{name}: unknown key")
+            raise ConfigError(f"{prefix}{_key(name)}: unknown key")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, spec in known.items():
@@ -328,7 +349,7 @@ def _build(base: Any, values: Any, prefix: str, env: Mapping[str, str]) -> Any:
         check = spec.metadata.get("check")
         problem = check(value) if check else None
         if problem:
-            raise ConfigError(f"{key}: {problem} (got {value!r})")
+            raise ConfigError(f"{key}: {problem} (got {_shown(value)})")
         kwargs[name] = value
     return dataclasses.replace(base, **kwargs)
 
@@ -375,32 +396,54 @@ def _read_yaml(source: str) -> Any:
         raise ConfigError(
             f"{source}: not UTF-8 (byte 0x{data[e.start]:02x} on line {line}); save it as UTF-8"
         ) from None
+    try:
+        return _parse_yaml(source, text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}:{where} is not valid YAML") from e
+    except (ValueError, KeyError, AttributeError, TypeError, RecursionError) as e:
+        # PyYAML's constructors fail this way on "!!int x", "!!bool x",
+        # "!!timestamp x", an integer of 5000 digits, or nesting too deep.
+        raise ConfigError(f"{source}: is not valid YAML ({type(e).__name__})") from e
+
+
+def _parse_yaml(source: str, text: str) -> Any:
+    """The one YAML document in C{text} (C{{}} if none), checked for duplicate keys."""
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return {}
-        _refuse_duplicate_keys(source, node, "")
+        _refuse_duplicate_keys(source, node)
         return loader.construct_document(node)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{source}:{where} is not valid YAML") from e
     finally:
         loader.dispose()
 
 
-def _refuse_duplicate_keys(source: str, node: yaml.Node, prefix: str) -> None:
-    """A key given twice in one mapping is an error: which of the two was meant?"""
-    if not isinstance(node, yaml.MappingNode):
-        return
-    seen: set[str] = set()
-    for key_node, value_node in node.value:
-        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+def _refuse_duplicate_keys(source: str, root: yaml.Node) -> None:
+    """
+    A key given twice in one mapping is an error: which of the two was meant?
+    Each node is looked at once, so aliases (even one that holds itself)
+    cost nothing more.
+    """
+    pending: list[tuple[yaml.Node, str]] = [(root, "")]
+    visited: set[int] = set()
+    while pending:
+        node, prefix = pending.pop()
+        if id(node) in visited or not isinstance(node, yaml.MappingNode):
             continue
-        key = prefix + str(key_node.value)
-        if key in seen:
-            line = key_node.start_mark.line + 1
-            raise ConfigError(f"{source}: line {line}: {key}: duplicate key (given twice)")
-        seen.add(key)
-        _refuse_duplicate_keys(source, value_node, key + ".")
+        visited.add(id(node))
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE:
+                continue
+            key = prefix + _key(key_node.value)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise ConfigError(f"{source}: line {line}: {key}: duplicate key (given twice)")
+            seen.add(key)
+            pending.append((value_node, key + "."))
+
+
+_MERGE = "tag:yaml.org,2002:merge"  # "<<: *defaults" merges a mapping; not a key

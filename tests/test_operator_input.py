@@ -215,6 +215,41 @@ class ConfigurationTests(SynchronousTestCase):
             "storage.postgres.password: not valid UTF-8 text",
         )
 
+    def test_yaml_pyyaml_cannot_construct(self) -> None:
+        """Values PyYAML fails on with other exceptions than YAMLError are one line too."""
+        cases = {
+            b"server:\n  reuse_port: !!bool x\n": "KeyError",
+            b"server:\n  port: !!int x\n": "ValueError",
+            b"server:\n  port: " + b"9" * 5000 + b"\n": "ValueError",
+            b"server:\n  host: !!timestamp x\n": "AttributeError",
+            b"[" * 5000: "RecursionError",
+        }
+        for data, error in cases.items():
+            self.assertEqual(self.refused(data), f"PATH: is not valid YAML ({error})")
+        self.assertEqual(self.refused(b"a: \0\n"), "PATH: is not valid YAML")
+
+    def test_aliases_cost_nothing(self) -> None:
+        """
+        An alias that holds itself, or aliases nested to a value of 9**6
+        elements, are read at once and quoted briefly.
+        """
+        self.assertEqual(
+            self.refused(b"server:\n  host: &a {b: *a}\n"),
+            "server.host: expected a string, got {'b': {'b': {...}}}",
+        )
+        # Each level holds the one before nine times: 9**7 strings when expanded.
+        levels = [b"&a0 [x, x, x, x, x, x, x, x, x]"]
+        levels += [b"&a%d [%s]" % (i, b", ".join([b"*a%d" % (i - 1)] * 9)) for i in range(1, 7)]
+        message = self.refused(b"server:\n  host: [" + b", ".join(levels) + b"]\n")
+        self.assertTrue(message.startswith("server.host: expected a string, got [["), message)
+        self.assertLess(len(message), 200, message)
+
+    def test_keys_shown_on_one_line(self) -> None:
+        """An unknown key holding a newline, or very long, is quoted, not printed as is."""
+        self.assertEqual(self.refused(b'"x\\ny": 1\n'), "'x\\ny': unknown key")
+        message = self.refused(b"k" * 10000 + b": 1\n")
+        self.assertLess(len(message), 120, message)
+
 
 class ProcessConfigurationTests(TestCase):
     """A real `twistd majordomo` or `majordomo serve` prints the one line, nothing else."""
