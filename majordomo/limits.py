@@ -194,10 +194,9 @@ class BoundedChannel(http.HTTPChannel):
         method = getattr(self, "_command", b"").decode("latin-1")
         path = getattr(self, "_path", b"").decode("latin-1")
         headers = self.requests[-1].requestHeaders if self.requests else Headers()
-        chosen = (headers.getRawHeaders(b"x-majordomo-provider") or [b""])[-1]
-        provider = chosen.decode("latin-1").strip().lower()
-        if provider not in providers.PROVIDERS:
-            provider = providers.detect_provider(path)
+        # The provider whose error format the caller expects (the gateway's one
+        # rule; an X-Majordomo-Provider it would refuse does not matter here).
+        provider = providers.choose_provider(headers, path).provider
         body = providers.error_body(provider, status, message)
         # Written straight to the transport, as HTTPChannel does for its own
         # 400s: the Request machinery only responds once the body is complete.
