@@ -132,6 +132,9 @@ class FuzzTargetTests(SynchronousTestCase):
     def test_fuzz_sse(self) -> None:
         self.fuzz("sse")
 
+    def test_fuzz_target(self) -> None:
+        self.fuzz("target")
+
     def test_fuzz_usage(self) -> None:
         self.fuzz("usage")
 

@@ -14,9 +14,6 @@ C{parse_qsl} reads the result nor as text: a value that follows C{key=},
 C{api_key=} or C{api-key=} at the start of a parameter (after C{?}, C{&} or
 C{;}, also a stray second C{?}) is nowhere in the redacted path.
 
-C{PENDING} tolerates the findings reported and not fixed yet, so that the
-suite stays green; each entry goes when its fix lands.
-
     .venv/bin/python tests/fuzz/fuzz_providers.py -max_total_time=60
 """
 
@@ -34,11 +31,6 @@ from tests.fuzz.harness import check, main, make_input, parse_input
 with atheris.instrument_imports(include=["majordomo"]):
     from majordomo import providers
 
-# Findings reported and not fixed yet:
-# - "text-leak": a key after a stray "?" or a ";" ("/v1/models?a=1?key=SECRET",
-#   "?a=1;key=SECRET") is part of another parameter's value for parse_qsl, so
-#   redact_path keeps it.
-PENDING = frozenset({"text-leak"})
 SECRET_NAMES = ("key", "api_key", "api-key")
 SECRET_PARAM = re.compile(r"(?i)(?<=[?&;])(?:key|api_key|api-key)=([^&;#?]*)")
 
@@ -65,8 +57,6 @@ def check_redacted(path: str) -> None:
             name.lower() not in SECRET_NAMES or value == "REDACTED",
             f"{path!r} -> {redacted!r} keeps {name}={value}",
         )
-    if "text-leak" in PENDING:
-        return
     _, mark, after = path.partition("?")
     found = SECRET_PARAM.findall(mark + after)
     rest = unquote(SECRET_PARAM.sub("", mark + after))

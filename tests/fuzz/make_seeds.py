@@ -20,6 +20,7 @@ from tests.fuzz import (
     fuzz_config,
     fuzz_metadata,
     fuzz_providers,
+    fuzz_target,
     fuzz_usage,
 )
 from tests.fuzz.harness import HERE, SEEDS, make_input
@@ -168,6 +169,27 @@ def providers_seeds(all_vectors: dict[str, dict[str, Any]]) -> dict[str, bytes]:
     return seeds
 
 
+def target_seeds(all_vectors: dict[str, dict[str, Any]]) -> dict[str, bytes]:
+    seeds = {
+        name: fuzz_target.make_seed(v["request_path"].encode(), base)
+        for base, (name, v) in enumerate(all_vectors.items())
+    }
+    hostile = [
+        b"1/v1/chat/completions",
+        b".evil.example/v1/chat/completions",
+        b"2:40002/v1/chat/completions",
+        b"http://evil.example/v1/messages",
+        b"/v1/%2e%2e/admin?x=1",
+        b"/v1/models?a=1?key=X#frag",
+        b"//evil.example/v1",
+        b"/v1/\\evil",
+        b"/v1/\x7f\xb0",
+    ]
+    for i, target in enumerate(hostile):
+        seeds[f"hostile_{i}"] = fuzz_target.make_seed(target, i)
+    return seeds
+
+
 def write(target: str, seeds: dict[str, bytes]) -> None:
     """Write the seeds of C{target}; other files there (regression inputs) stay."""
     directory = os.path.join(SEEDS, target)
@@ -186,6 +208,7 @@ def main() -> None:
     write("metadata", metadata_seeds())
     write("config", config_seeds())
     write("providers", providers_seeds(all_vectors))
+    write("target", target_seeds(all_vectors))
 
 
 if __name__ == "__main__":
