@@ -14,9 +14,6 @@ configuration it returns holds only text every library can take (UTF-8, no
 NUL), and each provider base URL is empty or an ASCII http(s) URL with a
 host, no user name, query or fragment.
 
-C{PENDING} tolerates the findings reported and not fixed yet, so that the
-suite stays green; each entry goes when its fix lands.
-
     .venv/bin/python tests/fuzz/fuzz_config.py -max_total_time=60
 """
 
@@ -25,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
-import traceback
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -40,31 +36,6 @@ with atheris.instrument_imports(include=["majordomo"]):
 ENV_MARK = b"\n#env\n"
 WORK = tempfile.mkdtemp(prefix="fuzz-config-")
 CONFIG = os.path.join(WORK, "majordomo.yaml")
-
-
-# Findings reported and not fixed yet (each is a one-line test in the report):
-# - "yaml-exceptions": PyYAML raises more than YAMLError (KeyError for
-#   "a: !!bool x", ValueError for "a: !!int x" or an integer of 5000 digits,
-#   AttributeError for "a: !!timestamp x", RecursionError for 5000 nested "[")
-#   and load_config lets it out.
-# - "recursive-alias": the duplicate-key check follows aliases, so a mapping
-#   that holds itself ("a: &a {b: *a}") recurses until RecursionError (and
-#   nested aliases take exponential time: 612 bytes, 6.5 s).
-# - "multi-line": an unknown key holding a newline ('"x\\ny": 1') gives a
-#   message of two lines.
-# - "long-message": a value is quoted whole, aliases expanded (240 bytes of
-#   YAML, a message of 28 MB).
-PENDING = frozenset({"yaml-exceptions", "recursive-alias", "multi-line", "long-message"})
-
-
-def pending(error: Exception) -> bool:
-    """Whether C{error} is one of the C{PENDING} findings."""
-    frames = traceback.extract_tb(error.__traceback__)
-    in_yaml = any(f"{os.sep}yaml{os.sep}" in frame.filename for frame in frames)
-    in_check = any(frame.name == "_refuse_duplicate_keys" for frame in frames)
-    return ("yaml-exceptions" in PENDING and in_yaml) or (
-        "recursive-alias" in PENDING and in_check and isinstance(error, RecursionError)
-    )
 
 
 def make_seed(yaml: bytes, env: dict[str, str] | None = None) -> bytes:
@@ -131,17 +102,8 @@ def test_one_input(data: bytes) -> None:
         config = load_config(CONFIG, env=environment(env) if env else {}, cwd=WORK)
     except ConfigError as e:
         message = str(e)
-        check(
-            "long-message" in PENDING or len(message) <= 200 + 4 * len(data),
-            f"a message of {len(message)} characters",
-        )
-        check(
-            "multi-line" in PENDING or not ("\n" in message or "\r" in message),
-            f"a message of several lines: {message}",
-        )
-    except Exception as e:
-        if not pending(e):
-            raise
+        check(len(message) <= 200 + 4 * len(data), f"a message of {len(message)} characters")
+        check("\n" not in message and "\r" not in message, f"several lines: {message}")
     else:
         check_loaded(config)
 
