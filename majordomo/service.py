@@ -154,6 +154,7 @@ class GatewayService(service.MultiService):
             config.server.body_timeout,
             clock=reactor,
             on_rejected=self.proxy.record_rejection,
+            head_timeout=config.server.head_timeout,
         )
         self.descriptors = DescriptorWatch(reactor)
         self.port: Any = None
