@@ -165,7 +165,9 @@ _GEMINI_STATUS = {
     401: "UNAUTHENTICATED",
     403: "PERMISSION_DENIED",
     404: "NOT_FOUND",
+    408: "DEADLINE_EXCEEDED",
     413: "INVALID_ARGUMENT",
+    431: "INVALID_ARGUMENT",
     429: "RESOURCE_EXHAUSTED",
     502: "UNAVAILABLE",
     503: "UNAVAILABLE",
@@ -176,11 +178,13 @@ _ANTHROPIC_TYPE = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    408: "invalid_request_error",
     413: "request_too_large",
+    431: "request_too_large",
     429: "rate_limit_error",
     503: "overloaded_error",
 }
-_OPENAI_TYPE = {401: "invalid_request_error", 400: "invalid_request_error"}
+_OPENAI_TYPE = {status: "invalid_request_error" for status in (400, 401, 408, 413, 431)}
 
 
 def error_body(provider: str, status: int, message: str, code: str | None = None) -> bytes:
