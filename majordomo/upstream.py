@@ -2,7 +2,7 @@
 """
 The HTTP client the proxy forwards with: Twisted's Agent on a persistent
 connection pool, asking providers for gzip and decoding it (so usage can be
-read from the body).
+read from the body) in bounded slices (L{majordomo.decoding}).
 
 treq's request() does the same, plus URL parsing with hyperlink and
 Content-Type parsing with the email package on every call, which measured
@@ -43,7 +43,6 @@ from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
     ContentDecoderAgent,
-    GzipDecoder,
     HTTPConnectionPool,
 )
 from twisted.web.error import SchemeNotSupported
@@ -51,6 +50,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
+from majordomo.decoding import gzip_decoder
 from majordomo.resolver import answering_reactor
 
 
@@ -151,7 +151,7 @@ class UpstreamClient:
             reactor, connect_timeout, tls, self._failed_locally, getaddrinfo
         )
         agent = Agent.usingEndpointFactory(reactor, self._endpoints, pool=self.pool)
-        self._agent = ContentDecoderAgent(agent, [(b"gzip", GzipDecoder)])
+        self._agent = ContentDecoderAgent(agent, [(b"gzip", gzip_decoder(reactor))])
 
     def request(
         self, method: bytes, url: bytes, headers: Headers, body: bytes | None, timeout: float

@@ -264,8 +264,8 @@ def main(argv: list[str] | None = None, out: Callable[[str], Any] = print) -> No
     args = parser.parse_args(argv)
     site = Site(HostileProvider(args.mode, args.size, json.loads(args.usage)))
     site.noisy = False
-    port = reactor.listenTCP(args.port, site, interface="127.0.0.1")
-    out(f"listening on {port.getHost().port}")
+    port = reactor.listenTCP(args.port, site, interface="127.0.0.1")  # type: ignore[arg-type]
+    out(f"listening on {port.getHost().port}")  # type: ignore[attr-defined]
     sys.stdout.flush()
     reactor.run()
 
