@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 # At most this much inflated body per reactor turn (well under a millisecond
 # to inflate, relay and parse).
-SLICE = 64 * 1024
+SLICE = 16 * 1024
 
 
 def gzip_decoder(clock: Any) -> Any:

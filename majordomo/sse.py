@@ -21,9 +21,20 @@ from typing import Any
 # Far above any real event or array element, far below a memory problem.
 MAX_EVENT_SIZE = 8 * 1024 * 1024
 
-_EOL = re.compile(rb"[\r\n]")
 _CR = 0x0D
 _LF = 0x0A
+_COLON = 0x3A
+_BOM = b"\xef\xbb\xbf"
+# A line ending is CRLF, CR or LF; the atomic group keeps a CRLF from being
+# read as a line ending and a blank line.
+_EOL = rb"(?>\r\n|\r|\n)"
+# Blank lines and comment lines: what may come between events.
+_BETWEEN_EVENTS = re.compile(rb"(?:" + _EOL + rb"|:[^\r\n]*" + _EOL + rb")*")
+# The end of an event: the end of its last line, then a blank line.
+_EVENT_END = re.compile(_EOL + _EOL)
+# In an event whose line endings are all LF: its data and event fields.
+_DATA_FIELD = re.compile(rb"^data(?::[ ]?([^\n]*))?$", re.MULTILINE)
+_EVENT_FIELD = re.compile(rb"^event(?::[ ]?([^\n]*))?$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -53,15 +64,13 @@ class SSEParser:
 
     def __init__(self, max_event_size: int = MAX_EVENT_SIZE) -> None:
         self._max = max_event_size
-        self._buf = bytearray()  # the unfinished line
+        self._buf = bytearray()  # the unfinished event (or comment line)
         self._offset = 0  # stream offset of _buf[0]
         # The last chunk ended in CR: if the next byte is LF, it completes a CRLF.
         self._skip_lf = False
         self._first_line = True
-        self._event: str | None = None
-        self._data: list[str] = []
-        self._size = 0  # bytes of the current event's lines
         self._start: int | None = None  # stream offset of the current event
+        self._search = 0  # stream offset from which its end is looked for
         self.broken = False
 
     @property
@@ -94,74 +103,74 @@ class SSEParser:
         self._offset += len(data)
 
     def feed(self, data: bytes) -> list[SSEEvent]:
-        """Add the next chunk of the body; return the events it completed."""
+        """
+        Add the next chunk of the body; return the events it completed.
+
+        The work is done by regular expressions over whole runs of bytes,
+        never by a Python step per line: a run of blank lines and comments
+        between events is passed over in one match, and an event is read
+        once its blank line has come.  So a flood of newlines or carriage
+        returns costs what scanning its bytes costs.
+        """
         if self.broken or not data:
             return []
         buf = self._buf
-        search_from = len(buf)
         buf += data
-        pos = 0  # start of the current line in buf
+        pos = 0
         if self._skip_lf:
             self._skip_lf = False
             if buf[0] == _LF:  # buf was empty: the CR ended the previous chunk
-                pos = search_from = 1
+                pos = 1
+        if self._first_line:
+            if len(buf) - pos < len(_BOM) and _BOM.startswith(bytes(buf[pos:])):
+                return []  # perhaps a byte order mark, not whole yet
+            self._first_line = False
+            if buf.startswith(_BOM, pos):
+                pos += len(_BOM)
         events = []
-        while (match := _EOL.search(buf, search_from)) is not None:
-            end = match.start()
-            after = end + 1
-            if buf[end] == _CR:
-                if after == len(buf):
-                    self._skip_lf = True
-                elif buf[after] == _LF:
-                    after += 1
-            event = self._line(bytes(buf[pos:end]), self._offset + pos, self._offset + after)
-            if self.broken:
-                return events
+        while True:
+            if self._start is None:
+                pos = _BETWEEN_EVENTS.match(buf, pos).end()  # type: ignore[union-attr]
+                if pos == len(buf) or buf[pos] == _COLON:  # (an unfinished comment)
+                    break
+                self._start = self._search = self._offset + pos
+            start = self._start - self._offset
+            match = _EVENT_END.search(buf, self._search - self._offset)
+            if match is None:
+                self._search = self._offset + max(start, len(buf) - 2)
+                break
+            pos = match.end()
+            if pos == len(buf) and buf[pos - 1] == _CR:
+                self._skip_lf = True
+            event = _event(bytes(buf[start:pos]), self._start, self._offset + pos)
+            self._start = None
             if event is not None:
                 events.append(event)
-            pos = search_from = after
-        del buf[:pos]
-        self._offset += pos
-        if self._size + len(buf) > self._max:
+        keep = pos if self._start is None else self._start - self._offset
+        del buf[:keep]
+        self._offset += keep
+        if len(buf) > self._max:
             self._break()
         return events
-
-    def _line(self, raw: bytes, start: int, end: int) -> SSEEvent | None:
-        """Interpret one complete line found at C{start}; C{end} is just past its EOL."""
-        text = raw.decode("utf-8", "replace")
-        if self._first_line:
-            self._first_line = False
-            text = text.removeprefix("\ufeff")
-        if not text:
-            return self._dispatch(end)
-        if text.startswith(":") and self._start is None:
-            return None  # a comment between events, e.g. a keep-alive
-        if self._start is None:
-            self._start = start
-        self._size += len(raw)
-        if self._size > self._max:
-            self._break()
-            return None
-        name, _, value = text.partition(":")
-        value = value.removeprefix(" ")
-        if name == "data":
-            self._data.append(value)
-        elif name == "event":
-            self._event = value or None
-        return None
-
-    def _dispatch(self, end: int) -> SSEEvent | None:
-        """A blank line ends the current event."""
-        name, data, start = self._event, self._data, self._start
-        self._event, self._data, self._start, self._size = None, [], None, 0
-        if not data or start is None:
-            return None
-        return SSEEvent(name, "\n".join(data), start, end)
 
     def _break(self) -> None:
         self.broken = True
         self._buf = bytearray()
-        self._data = []
+
+
+def _event(block: bytes, start: int, end: int) -> SSEEvent | None:
+    """
+    The event in C{block}, its field lines and the blank line that ends it;
+    None if it has no data (such an event is not dispatched).
+    """
+    if b"\r" in block:
+        block = block.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    data = _DATA_FIELD.findall(block)
+    if not data:
+        return None
+    names = _EVENT_FIELD.findall(block)
+    name = names[-1].decode("utf-8", "replace") if names else None
+    return SSEEvent(name or None, b"\n".join(data).decode("utf-8", "replace"), start, end)
 
 
 _WS = re.compile(r"[ \t\r\n]*")
