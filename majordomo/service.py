@@ -256,6 +256,9 @@ class GatewayService(service.MultiService):
         for channel in list(self.site.connections):
             if channel.transport is not None:
                 channel.transport.loseConnection()
+        # The requests just cut still add their rows (the client left, the
+        # relay stops): wait for them before the log writer stops.
+        yield _bounded(self.proxy.drained(), 5.0, self._reactor)
         if self.pricing.running:
             yield self.pricing.stopService()
         yield super().stopService()

@@ -201,7 +201,7 @@ class BombTests(GatewayProcessCase):
         """
         SIGTERM while an endless gzip stream of newlines pours through: the
         gateway exits within its shutdown timeout (plus a few seconds to
-        close).
+        close), and the cut request's row is written before it exits.
         """
 
         async def go() -> None:
@@ -215,6 +215,10 @@ class BombTests(GatewayProcessCase):
             print(f"\nexited {took:.2f}s after SIGTERM, {sent.received / MiB:.0f} MiB relayed")
             self.assertLess(took, SHUTDOWN_TIMEOUT + 5)
             self.assertIn(process.returncode, (0, -signal.SIGTERM))
+            # The request cut by the shutdown has its row, written before exit.
+            (row,) = support.run_sql("SELECT status_code, error_message FROM llm_requests")
+            self.assertEqual(row[0], 200)
+            self.assertIsNotNone(row[1])
 
         return support.as_deferred(go())
 
