@@ -402,9 +402,11 @@ def _read_yaml(source: str) -> Any:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{source}:{where} is not valid YAML") from e
-    except (ValueError, KeyError, AttributeError, TypeError, RecursionError) as e:
-        # PyYAML's constructors fail this way on "!!int x", "!!bool x",
-        # "!!timestamp x", an integer of 5000 digits, or nesting too deep.
+    except Exception as e:
+        # PyYAML's constructors fail with whatever their parsing raises:
+        # ValueError on "!!int x", IndexError on "!!int ''", KeyError on
+        # "!!bool x", AttributeError on "!!timestamp x", RecursionError on
+        # nesting too deep.  Whichever it is, the file is what is wrong.
         raise ConfigError(f"{source}: is not valid YAML ({type(e).__name__})") from e
 
 

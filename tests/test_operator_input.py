@@ -220,6 +220,7 @@ class ConfigurationTests(SynchronousTestCase):
         cases = {
             b"server:\n  reuse_port: !!bool x\n": "KeyError",
             b"server:\n  port: !!int x\n": "ValueError",
+            b"server:\n  port: !!int ''\n": "IndexError",
             b"server:\n  port: " + b"9" * 5000 + b"\n": "ValueError",
             b"server:\n  host: !!timestamp x\n": "AttributeError",
             b"[" * 5000: "RecursionError",
