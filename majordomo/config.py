@@ -402,6 +402,8 @@ def _read_yaml(source: str) -> Any:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{source}:{where} is not valid YAML") from e
+    except ConfigError:
+        raise
     except Exception as e:
         # PyYAML's constructors fail with whatever their parsing raises:
         # ValueError on "!!int x", IndexError on "!!int ''", KeyError on
