@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
 from twisted.logger import Logger
 
+from majordomo.logtext import printable
 from majordomo.pricing_sources import (
     ModelPrice,
     PriceTables,
@@ -27,6 +28,7 @@ from majordomo.pricing_sources import (
     normalise_model,
     parse_overrides,
     price_fields,
+    service_tier_name,
 )
 from majordomo.pricing_sources import load_overrides_file as load_overrides_file
 from majordomo.usage import ERROR_NOT_BILLED, Usage
@@ -87,7 +89,9 @@ class Cost:
 
     C{priced} says a price was found for the model; C{pricing_tier} is
     C{"base"}, a long-context tier such as C{">200k"}, or C{None} when the
-    prompt size (and so the tier) is unknown.
+    prompt size (and so the tier) is unknown.  C{unpriced_service_tier}
+    names the service tier the answer reported when the model has no price
+    at that tier (the costs are then C{None}, never the standard price).
     """
 
     input_cost: Decimal | None
@@ -98,10 +102,46 @@ class Cost:
     price_source: str | None
     priced: bool
     match_kind: str | None = None
+    unpriced_service_tier: str | None = None
 
 
 # Distinct (provider, model) lookups a book remembers.
 _LOOKUPS_KEPT = 4096
+# Distinct (provider, model, service tier) without a price warned about; the
+# names come from upstreams, so the set must not grow without end.
+MAX_UNPRICED_SERVICE_TIERS = 1000
+_TIER_NAME_LIMIT = 40
+
+
+class UnpricedServiceTiers:
+    """
+    The service tiers a book found no price for, each warned about once (the
+    first L{MAX_UNPRICED_SERVICE_TIERS} of them), shared by the books derived
+    from one another so that a price refresh does not repeat the warnings.
+    """
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[str, str, str]] = set()
+
+    def note(self, provider: str, pricing_key: str, tier: str) -> None:
+        """Warn about the first request of C{pricing_key} at C{tier}."""
+        key = (provider, pricing_key, tier[:_TIER_NAME_LIMIT])
+        if key in self.seen or len(self.seen) >= MAX_UNPRICED_SERVICE_TIERS:
+            return
+        self.seen.add(key)
+        log.warn(
+            "No price for service tier {tier} of {model} on {provider}: its cost is "
+            "recorded as NULL (add service_tiers: {{{tier}: ...}} for {model} to "
+            "pricing.overrides_file, then run majordomo reprice)",
+            tier=printable(tier, _TIER_NAME_LIMIT),
+            model=pricing_key,
+            provider=provider,
+        )
+        if len(self.seen) == MAX_UNPRICED_SERVICE_TIERS:
+            log.warn(
+                "{count} service tiers have no price; not warning about more",
+                count=MAX_UNPRICED_SERVICE_TIERS,
+            )
 
 
 class PriceBook:
@@ -121,12 +161,14 @@ class PriceBook:
         remote: PriceTables | None = None,
         remote_version: str | None = None,
         overrides: Mapping[str, ModelPrice] | None = None,
+        unpriced_tiers: UnpricedServiceTiers | None = None,
     ) -> None:
         self.version = version
         self.remote_version = remote_version
         self._tables = tables
         self._remote: PriceTables = remote or {}
         self._overrides: Mapping[str, ModelPrice] = overrides or {}
+        self.unpriced_tiers = unpriced_tiers or UnpricedServiceTiers()
         # lookup() answers, kept because the book never changes; bounded, since
         # model names come from clients and upstreams.
         self._found: dict[tuple[str, str | None], PriceMatch | None] = {}
@@ -154,11 +196,20 @@ class PriceBook:
         if not all(isinstance(price, ModelPrice) for price in overrides.values()):
             overrides = parse_overrides(overrides)
         keyed = {normalise_model(model): price for model, price in overrides.items()}
-        return PriceBook(self._tables, self.version, self._remote, self.remote_version, keyed)
+        return PriceBook(
+            self._tables,
+            self.version,
+            self._remote,
+            self.remote_version,
+            keyed,
+            self.unpriced_tiers,
+        )
 
     def with_remote(self, remote: PriceTables, version: str) -> PriceBook:
         """This book with fetched prices (from L{parse_remote_prices}) in place of earlier ones."""
-        return PriceBook(self._tables, self.version, remote, version, self._overrides)
+        return PriceBook(
+            self._tables, self.version, remote, version, self._overrides, self.unpriced_tiers
+        )
 
     def lookup(self, provider: str, model: str | None) -> PriceMatch | None:
         """
@@ -220,7 +271,8 @@ class PriceBook:
 
     def cost(self, provider: str, usage: Usage) -> Cost:
         """
-        What C{usage} cost, priced as the model the usage reports.
+        What C{usage} cost, priced as the model the usage reports at the
+        service tier the answer reports.
 
         An C{error_not_billed} request costs 0 even for an unknown model.  An
         unknown model or input count gives C{None} costs (never 0).  If the
@@ -229,6 +281,9 @@ class PriceBook:
         particular cache reads are never charged at the input price when the
         cache-read price is missing (that would overcharge about 10x), so such
         a request has no input or total cost until an override supplies it.
+        A service tier (C{flex}, C{priority}, ...) is charged its own prices
+        only: a tier the model has no price for gives C{None} costs and one
+        warning, never the standard price.
         """
         match = self.lookup(provider, usage.model)
         if usage.usage_status == ERROR_NOT_BILLED:
@@ -239,10 +294,30 @@ class PriceBook:
         if provider == "gemini":
             # Gemini's tiers are measured on promptTokenCount, without tool-use tokens.
             prompt_tokens -= usage.tool_use_prompt_tokens or 0
-        tier = match.price.tier_for(prompt_tokens)
-        price = match.price.at_tier(tier)
-        input_cost = _input_cost(provider, price, usage)
-        return _cost(match, input_cost, _output_cost(price, usage), _tier_name(tier))
+        served = service_tier_name(usage.service_tier)
+        standard = match.price
+        if served is None:
+            tier = standard.tier_for(prompt_tokens)
+            price, gaps = standard.at_tier(tier), frozenset[str]()
+        else:
+            served_price = standard.service_tier(served)
+            if served_price is None:
+                self.unpriced_tiers.note(provider, match.pricing_key, served)
+                return replace(_cost(match, None, None, None), unpriced_service_tier=served)
+            # The threshold crossed is the largest either tier list has.
+            tier = max(
+                filter(
+                    None, (standard.tier_for(prompt_tokens), served_price.tier_for(prompt_tokens))
+                ),
+                key=lambda crossed: crossed.above_input_tokens,
+                default=None,
+            )
+            threshold = None if tier is None else tier.above_input_tokens
+            price = served_price.at_tier(served_price.tier_above(threshold))
+            gaps = standard.service_tier_gaps(served_price, threshold)
+        input_cost = _input_cost(provider, price, gaps, usage)
+        output_cost = _output_cost(price, gaps, usage)
+        return _cost(match, input_cost, output_cost, _tier_name(tier))
 
 
 def _cost(
@@ -284,7 +359,25 @@ def _charge(buckets: list[tuple[int, Decimal | None]]) -> Decimal | None:
     return total
 
 
-def _input_cost(provider: str, price: ModelPrice, usage: Usage) -> Decimal | None:
+def _bucket(
+    price: ModelPrice, gaps: frozenset[str], *fields: str, fallback: Decimal | None = None
+) -> Decimal | None:
+    """
+    The first of C{fields} C{price} sets, else C{fallback}; C{None} (no price)
+    if that field is one of the service tier's C{gaps}: the tier does not
+    price a bucket the standard tier does.
+    """
+    for name in fields:
+        if name in gaps:
+            return None
+        if (value := getattr(price, name)) is not None:
+            return value
+    return fallback
+
+
+def _input_cost(
+    provider: str, price: ModelPrice, gaps: frozenset[str], usage: Usage
+) -> Decimal | None:
     """Uncached text, input audio, cache reads and cache writes, each at its own price."""
     assert usage.input_tokens is not None
     write_5m = usage.cache_creation_5m_tokens or 0
@@ -294,34 +387,34 @@ def _input_cost(provider: str, price: ModelPrice, usage: Usage) -> Decimal | Non
         writes = write_5m + write_1h
     cached = usage.cached_tokens or 0
     audio = usage.input_audio_tokens or 0
+    text = _bucket(price, gaps, "input")
     # Writes without a TTL split: OpenAI's have their own price (GPT-5.6+) or
     # none (the plain input price); Anthropic's default TTL is 5 minutes.
-    other_write_price = _first(
-        price.cache_write,
-        price.cache_write_5m if provider == "anthropic" else None,
-        price.input,
+    write_fields = (
+        ("cache_write", "cache_write_5m") if provider == "anthropic" else ("cache_write",)
     )
     return _charge(
         [
-            (usage.input_tokens - cached - writes - audio, price.input),
-            (audio, _first(price.input_audio, price.input)),
-            (cached, price.cached_input),
-            (write_5m, price.cache_write_5m),
-            (write_1h, price.cache_write_1h),
-            (writes - write_5m - write_1h, other_write_price),
+            (usage.input_tokens - cached - writes - audio, text),
+            (audio, _bucket(price, gaps, "input_audio", fallback=text)),
+            (cached, _bucket(price, gaps, "cached_input")),
+            (write_5m, _bucket(price, gaps, "cache_write_5m")),
+            (write_1h, _bucket(price, gaps, "cache_write_1h")),
+            (writes - write_5m - write_1h, _bucket(price, gaps, *write_fields, fallback=text)),
         ]
     )
 
 
-def _output_cost(price: ModelPrice, usage: Usage) -> Decimal | None:
+def _output_cost(price: ModelPrice, gaps: frozenset[str], usage: Usage) -> Decimal | None:
     """Output text (reasoning included) and output audio, each at its own price."""
     if usage.output_tokens is None:
         return None
     audio = usage.output_audio_tokens or 0
+    text = _bucket(price, gaps, "output")
     return _charge(
         [
-            (usage.output_tokens - audio, price.output),
-            (audio, _first(price.output_audio, price.output)),
+            (usage.output_tokens - audio, text),
+            (audio, _bucket(price, gaps, "output_audio", fallback=text)),
         ]
     )
 

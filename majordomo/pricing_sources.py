@@ -63,6 +63,22 @@ _LITELLM_FIELDS = {
     "output_cost_per_audio_token": "output_audio",
 }
 _LITELLM_TIER_FIELD = re.compile(r"^(?P<field>.+)_above_(?P<thousands>\d+)k_tokens$")
+# LiteLLM's service-tier suffixes and the tier name a response reports for
+# each (USAGE-SPEC.md sections 5 and 7.2): C{input_cost_per_token_flex},
+# C{input_cost_per_token_above_272k_tokens_priority}, ...  Batch prices are
+# named for Anthropic's C{usage.service_tier: "batch"}.
+_LITELLM_SERVICE_TIERS = {
+    "flex": "flex",
+    "balanced": "balanced",
+    "priority": "priority",
+    "ultrafast": "ultrafast",
+    "batches": "batch",
+}
+_LITELLM_SERVICE_TIER_FIELD = re.compile(
+    r"^(?P<field>.+?)(?:_above_(?P<thousands>\d+)k_tokens)?_(?P<tier>"
+    + "|".join(_LITELLM_SERVICE_TIERS)
+    + r")$"
+)
 
 
 class PricingError(Exception):
@@ -90,6 +106,13 @@ class ModelPrice:
     C{cache_write} is the price of cache writes that carry no TTL split
     (OpenAI GPT-5.6+); Anthropic's writes are C{cache_write_5m} and
     C{cache_write_1h}.
+
+    C{tiers} are long-context tiers.  C{service_tiers} maps a service tier the
+    provider reports in its answer (C{"flex"}, C{"priority"}, C{"batch"}) to
+    that tier's prices, with long-context tiers of their own.  A service tier
+    is priced by its own prices only: a bucket the standard tier prices but
+    the service tier does not has no price at that tier (see
+    L{ModelPrice.service_tier_gaps}), never the standard one.
     """
 
     input: Decimal | None = None
@@ -101,9 +124,13 @@ class ModelPrice:
     input_audio: Decimal | None = None
     output_audio: Decimal | None = None
     tiers: tuple[PriceTier, ...] = ()
+    service_tiers: tuple[tuple[str, ModelPrice], ...] = ()
 
     def layered_over(self, below: ModelPrice) -> ModelPrice:
-        """These prices where they are set, C{below}'s elsewhere (tiers too)."""
+        """
+        These prices where they are set, C{below}'s elsewhere: field by field,
+        long-context tier by threshold, service tier by name.
+        """
         merged = {}
         for name in PRICE_FIELDS:
             value = getattr(self, name)
@@ -113,25 +140,81 @@ class ModelPrice:
             lower = tiers.get(tier.above_input_tokens)
             price = tier.price if lower is None else tier.price.layered_over(lower.price)
             tiers[tier.above_input_tokens] = PriceTier(tier.above_input_tokens, price)
-        return ModelPrice(**merged, tiers=tuple(tiers[n] for n in sorted(tiers)))
+        services = dict(below.service_tiers)
+        for name, price in self.service_tiers:
+            lower_price = services.get(name)
+            services[name] = price if lower_price is None else price.layered_over(lower_price)
+        return ModelPrice(
+            **merged,
+            tiers=tuple(tiers[n] for n in sorted(tiers)),
+            service_tiers=tuple(sorted(services.items())),
+        )
 
     def tier_for(self, prompt_tokens: int) -> PriceTier | None:
         """The tier with the largest threshold C{prompt_tokens} is strictly above."""
         crossed = [tier for tier in self.tiers if prompt_tokens > tier.above_input_tokens]
         return max(crossed, key=lambda tier: tier.above_input_tokens, default=None)
 
+    def tier_above(self, threshold: int | None) -> PriceTier | None:
+        """The long-context tier of exactly C{threshold}, if this price has one."""
+        return next((t for t in self.tiers if t.above_input_tokens == threshold), None)
+
     def at_tier(self, tier: PriceTier | None) -> ModelPrice:
         """The flat prices every bucket of a request in C{tier} is charged."""
-        base = replace(self, tiers=())
+        base = replace(self, tiers=(), service_tiers=())
         return base if tier is None else replace(tier.price, tiers=()).layered_over(base)
+
+    def service_tier(self, name: str) -> ModelPrice | None:
+        """The prices of service tier C{name}, or C{None} if it has none."""
+        return next((price for tier, price in self.service_tiers if tier == name), None)
+
+    def service_tier_gaps(self, tier: ModelPrice, threshold: int | None) -> frozenset[str]:
+        """
+        The price fields a request above C{threshold} prompt tokens (C{None}:
+        below every tier) has at the standard tier but not at service tier
+        C{tier}: buckets whose price at that tier is unknown.
+        """
+        gaps = set(price_fields(self)) - set(price_fields(tier))
+        if (standard_tier := self.tier_above(threshold)) is not None:
+            served_tier = tier.tier_above(threshold)
+            served = set() if served_tier is None else set(price_fields(served_tier.price))
+            gaps |= set(price_fields(standard_tier.price)) - served
+        return frozenset(gaps)
 
     def is_empty(self) -> bool:
         """True if no price at all is known."""
-        return not self.tiers and all(getattr(self, name) is None for name in PRICE_FIELDS)
+        return (
+            not self.tiers
+            and not self.service_tiers
+            and all(getattr(self, name) is None for name in PRICE_FIELDS)
+        )
 
 
 # Every table is a mapping of price table -> normalised model id -> price.
 PriceTables = dict[str, dict[str, ModelPrice]]
+
+# Service tiers a response may report that are priced at the model's own
+# (standard) prices: OpenAI "default" (and the "auto" a request sends, echoed
+# back by early stream events), Anthropic "standard", Vertex "ON_DEMAND".
+STANDARD_SERVICE_TIERS = frozenset({"default", "standard", "auto", "on_demand"})
+# Reported names that are another name of a priced tier: OpenAI reports a
+# "fast" request back as "priority" (USAGE-SPEC.md 2.1), Vertex's trafficType.
+_SERVICE_TIER_ALIASES = {
+    "fast": "priority",
+    "on_demand_priority": "priority",
+    "on_demand_flex": "flex",
+}
+
+
+def service_tier_name(reported: str | None) -> str | None:
+    """
+    The price-table name of a reported service tier, or C{None} for the
+    standard tier (also when nothing was reported).
+    """
+    name = (reported or "").strip().lower()
+    if not name or name in STANDARD_SERVICE_TIERS:
+        return None
+    return _SERVICE_TIER_ALIASES.get(name, name)
 
 
 class RemotePrices(PriceTables):
@@ -225,25 +308,39 @@ def parse_litellm(table: Mapping[str, Any]) -> PriceTables:
 
 
 def _litellm_price(key: str, entry: Mapping[str, Any], table_name: str) -> ModelPrice:
-    """The token prices of one LiteLLM entry, with its C{*_above_{N}k_tokens} tiers."""
-    base: dict[str, Decimal] = {}
-    tiers: dict[int, dict[str, Decimal]] = {}
+    """
+    The token prices of one LiteLLM entry, with its C{*_above_{N}k_tokens}
+    tiers and its service tiers (C{*_flex}, C{*_above_{N}k_tokens_priority}, ...).
+    """
+    # (service tier or None, threshold or None) -> ModelPrice field -> price
+    found: dict[tuple[str | None, int | None], dict[str, Decimal]] = {}
     for litellm_field, value in entry.items():
-        prices, name = base, _LITELLM_FIELDS.get(litellm_field)
+        service, threshold, name = None, None, _LITELLM_FIELDS.get(litellm_field)
         if name is None and (tier_field := _LITELLM_TIER_FIELD.match(litellm_field)):
             name = _LITELLM_FIELDS.get(tier_field["field"])
-            prices = tiers.setdefault(int(tier_field["thousands"]) * 1000, {})
+            threshold = int(tier_field["thousands"]) * 1000
+        if name is None and (served := _LITELLM_SERVICE_TIER_FIELD.match(litellm_field)):
+            name = _LITELLM_FIELDS.get(served["field"])
+            service = _LITELLM_SERVICE_TIERS[served["tier"]]
+            threshold = int(served["thousands"]) * 1000 if served["thousands"] else None
         if name is None or value is None:
             continue
         if name == "cache_write" and table_name == "anthropic":
             name = "cache_write_5m"
-        prices[name] = _decimal(value, f"{key}: {litellm_field}")
-    return ModelPrice(
-        **base,
-        tiers=tuple(
-            PriceTier(n, ModelPrice(**tiers[n], tiers=())) for n in sorted(tiers) if tiers[n]
-        ),
-    )
+        found.setdefault((service, threshold), {})[name] = _decimal(
+            value, f"{key}: {litellm_field}"
+        )
+
+    def price_of(service: str | None) -> ModelPrice:
+        thresholds = sorted(n for s, n in found if s == service and n is not None)
+        tiers = tuple(
+            PriceTier(n, ModelPrice(**found[service, n], tiers=(), service_tiers=()))
+            for n in thresholds
+        )
+        return ModelPrice(**found.get((service, None), {}), tiers=tiers, service_tiers=())
+
+    services = sorted({service for service, _ in found if service is not None})
+    return replace(price_of(None), service_tiers=tuple((name, price_of(name)) for name in services))
 
 
 def parse_llm_prices(document: Mapping[str, Any]) -> PriceTables:
@@ -339,28 +436,59 @@ def parse_overrides(raw: object, source: str = "price overrides") -> dict[str, M
         key = normalise_model(model)
         if key in overrides:
             raise PricingError(f"{where}: another entry already overrides {key!r}")
-        price = _override_price(spec, where, tiers_allowed=True)
+        price = _override_price(spec, where, nested=("tiers", "service_tiers"))
         if price.is_empty():
             raise PricingError(f"{where}: no price given")
         overrides[key] = price
     return overrides
 
 
-def _override_price(spec: object, where: str, tiers_allowed: bool) -> ModelPrice:
-    """One model's (or one tier's) override fields, per million, as a ModelPrice."""
+def _override_price(spec: object, where: str, nested: tuple[str, ...]) -> ModelPrice:
+    """
+    One model's (or one tier's) override fields, per million, as a ModelPrice;
+    C{nested} names the tier lists this level may hold (C{tiers},
+    C{service_tiers}).
+    """
     if not isinstance(spec, Mapping):
         raise PricingError(f"{where}: expected a mapping of price fields")
     prices: dict[str, Decimal] = {}
     tiers: list[PriceTier] = []
+    services: list[tuple[str, ModelPrice]] = []
     for name, value in spec.items():
-        if name == "tiers" and tiers_allowed:
+        if name == "tiers" and name in nested:
             tiers = _override_tiers(value, f"{where}: tiers")
+        elif name == "service_tiers" and name in nested:
+            services = _override_service_tiers(value, f"{where}: service_tiers")
         elif name in PRICE_FIELDS:
             prices[name] = _per_million(value, f"{where}: {name}")
         else:
-            known = ", ".join(PRICE_FIELDS + (("tiers",) if tiers_allowed else ()))
+            known = ", ".join(PRICE_FIELDS + nested)
             raise PricingError(f"{where}: unknown field {name!r} (known: {known})")
-    return ModelPrice(**prices, tiers=tuple(tiers))
+    return ModelPrice(**prices, tiers=tuple(tiers), service_tiers=tuple(services))
+
+
+def _override_service_tiers(value: object, where: str) -> list[tuple[str, ModelPrice]]:
+    """
+    The C{service_tiers:} mapping of an override: tier name (as the provider
+    reports it) -> price fields, with C{tiers:} of its own.
+    """
+    if not isinstance(value, Mapping):
+        raise PricingError(f"{where}: expected a mapping of service tier to prices")
+    services: dict[str, ModelPrice] = {}
+    for name, spec in value.items():
+        key = service_tier_name(name) if isinstance(name, str) else None
+        if not key or key in STANDARD_SERVICE_TIERS:
+            raise PricingError(
+                f"{where}: {name!r} is not a service tier name "
+                "(the standard tier's prices are the model's own)"
+            )
+        if key in services:
+            raise PricingError(f"{where}: service tier {key!r} given twice")
+        price = _override_price(spec, f"{where}: {name}", nested=("tiers",))
+        if price.is_empty():
+            raise PricingError(f"{where}: {name}: no price given")
+        services[key] = price
+    return sorted(services.items())
 
 
 def _override_tiers(value: object, where: str) -> list[PriceTier]:
@@ -377,7 +505,7 @@ def _override_tiers(value: object, where: str) -> list[PriceTier]:
         if threshold in tiers:
             raise PricingError(f"{where}: two tiers above {threshold} tokens")
         fields_only = {k: v for k, v in spec.items() if k != "above_input_tokens"}
-        price = _override_price(fields_only, f"{where}: above {threshold}", tiers_allowed=False)
+        price = _override_price(fields_only, f"{where}: above {threshold}", nested=())
         tiers[threshold] = PriceTier(threshold, price)
     return [tiers[n] for n in sorted(tiers)]
 
