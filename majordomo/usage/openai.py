@@ -8,6 +8,12 @@ C{output_tokens}), streamed or not.
 Chat streams carry usage only when the request asks for it, so this module
 also adds that request (L{inject_include_usage}) and hides the extra chunk
 from a client that did not ask (L{UsageChunkFilter}).
+
+A background Response (C{"background": true}) is answered before the model
+has run: C{"status": "queued"} or C{"in_progress"} and C{"usage": null}.  The
+provider bills it when it finishes, whether or not anyone is still reading,
+so such an answer is L{PENDING_BACKGROUND}, not C{unparseable}: read fine,
+its counts not known yet.
 """
 
 from __future__ import annotations
@@ -43,6 +49,14 @@ _USAGE_OBJECT = re.compile(_USAGE_PATTERN)
 _USAGE_OBJECT_BYTES = re.compile(_USAGE_PATTERN.encode())
 # Responses API stream events that carry the final Response object.
 _TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+# Response statuses of a response the model has not finished: no usage yet.
+_UNFINISHED_STATUSES = frozenset({"queued", "in_progress"})
+
+# usage_status of a background Response answered before it finished (queued
+# or in progress, usage null), or a background stream that ended before its
+# terminal event: the provider bills the whole response once it finishes, but
+# this answer cannot say what; counts and cost are unknown (NULL, never 0).
+PENDING_BACKGROUND = "pending_background"
 
 
 def has_usage(route: str) -> bool:
@@ -83,9 +97,28 @@ def usage_from_usage(usage: Any) -> Usage | None:
 
 
 def usage_from_body(body: Any, fallback_model: str | None) -> Usage:
-    """The usage of a non-streamed response body."""
-    return usage_from_document(
+    """
+    The usage of a non-streamed response body; L{PENDING_BACKGROUND} for a
+    Response not finished yet, which carries no usage (the model it names is kept).
+    """
+    usage = usage_from_document(
         body, fallback_model, "model", "usage", usage_from_usage, service_tier_key="service_tier"
+    )
+    if usage.usage_status == UNPARSEABLE and is_unfinished_response(body):
+        tier = text_or_none(body.get("service_tier"))
+        return Usage(PENDING_BACKGROUND, model=usage.model, service_tier=tier)
+    return usage
+
+
+def is_unfinished_response(body: Any) -> bool:
+    """
+    Whether C{body} is a Responses API object the model has not finished
+    (queued or in progress), so it reports no usage yet.
+    """
+    return (
+        isinstance(body, dict)
+        and body.get("status") in _UNFINISHED_STATUSES
+        and body.get("usage") is None
     )
 
 
@@ -94,7 +127,9 @@ class OpenAIStreamParser(StreamedJSONParser):
     Usage of a streamed response.  Chat and Completions chunks carry it in the
     chunk whose C{usage} is not null (the last such wins; Azure's first chunk
     also has no choices but is not it); Responses streams carry it in the
-    terminal event's Response object.
+    terminal event's Response object.  A background Responses stream that
+    ends before that event is L{PENDING_BACKGROUND}: the response runs on
+    without its reader and is billed when it finishes.
     """
 
     def __init__(self, fallback_model: str | None, *, usage_requested: bool = True) -> None:
@@ -102,6 +137,8 @@ class OpenAIStreamParser(StreamedJSONParser):
         self._usage_requested = usage_requested
         self._usage: Usage | None = None
         self._service_tier: str | None = None
+        self._background = False
+        self._finished = False  # a terminal Responses event came
 
     def can_skip(self, text: str) -> bool:
         # Once the model is known, a chat chunk without a usage object teaches
@@ -129,7 +166,9 @@ class OpenAIStreamParser(StreamedJSONParser):
         if not isinstance(response, dict):
             return
         self.note_model(response.get("model"))
+        self._background = self._background or response.get("background") is True
         if kind in _TERMINAL_EVENTS:
+            self._finished = True
             # Earlier events echo the requested tier ("auto"), not the served one.
             self._service_tier = text_or_none(response.get("service_tier"))
             usage = usage_from_usage(response.get("usage"))
@@ -143,6 +182,8 @@ class OpenAIStreamParser(StreamedJSONParser):
             return replace(self._usage, model=model, service_tier=self._service_tier)
         if self.unreadable(complete):
             return self.unknown(UNPARSEABLE)
+        if self._background and not self._finished:
+            return self.unknown(PENDING_BACKGROUND)
         if not self._usage_requested:
             return self.unknown(MISSING_NOT_REQUESTED)
         return self.unknown(MISSING_STREAM_TRUNCATED)
