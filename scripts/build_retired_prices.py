@@ -11,14 +11,14 @@ price-table id (C{majordomo.pricing_sources.parse_litellm}'s table and
 C{normalise_model}'s id) is missing from CURRENT (default: the bundled
 C{majordomo/data/litellm-model-prices.json}), OUTPUT gets the entry of the
 newest wheel that had it, unchanged, plus two fields naming where it came
-from: C{majordomo_last_seen} (C{"litellm==1.63.14 (2025-03-22)"}),
-C{majordomo_dropped_by} (the oldest given wheel newer than that one, which
-lacks it) and C{majordomo_source}.  Release dates come from SIMPLE.json, the
-PEP 691 JSON page of PyPI's simple index for litellm, when it is given.
+from: C{majordomo_last_seen} (C{"litellm==1.63.14 (2025-03-22)"}) and
+C{majordomo_source}.  An entry whose key LiteLLM later gave to an embedding
+model (or the reverse) is taken from before the change.  Release dates come
+from SIMPLE.json, the PEP 691 JSON page of PyPI's simple index for litellm,
+when it is given.
 
-Models retired before 2024 (L{RETIRED_BEFORE_2024}) are left out.  Run it from
-the repository root with the project's venv; majordomo/data/RETIRED.md says
-which wheels built the shipped file.
+Run it from the repository root with the project's venv;
+majordomo/data/RETIRED.md says which wheels built the shipped file.
 """
 
 from __future__ import annotations
@@ -45,14 +45,7 @@ TABLE_OF_PROVIDER = {
     "azure": "azure",
 }
 PRICES_MEMBER = "litellm/model_prices_and_context_window_backup.json"
-SOURCE = "LiteLLM model_prices_and_context_window_backup.json, PyPI wheel"
-
-# Price-table ids (table, normalised model) no request could be billed for
-# from 2024-01-01 on: OpenAI shut them down before then.
-RETIRED_BEFORE_2024: dict[tuple[str, str], str] = {
-    ("openai", "code-davinci-002"): "Codex, shut down by OpenAI on 2023-03-23",
-    ("openai", "code-cushman-001"): "Codex, shut down by OpenAI on 2023-03-23",
-}
+SOURCE = "LiteLLM's price table (model_prices_and_context_window_backup.json) in the PyPI wheel"
 
 _WHEEL_VERSION = re.compile(r"^litellm-(?P<version>[^-]+)-")
 
@@ -145,7 +138,7 @@ def retired_entries(
     retired: dict[str, Any] = {}
     for version, table in newest_first:
         for table_id, key in table_ids(table).items():
-            if table_id in live or table_id in taken or table_id in RETIRED_BEFORE_2024:
+            if table_id in live or table_id in taken:
                 continue
             if changed_kind(table[key], first[table_id]):
                 print(f"skipped {key} of litellm=={version}: mode changed", file=sys.stderr)
