@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_cli -*-
 """
-The C{majordomo} command: C{serve}, C{keys ...}, C{db init}, C{pricing show}.
+The C{majordomo} command: C{serve}, C{keys ...}, C{db init}, C{pricing show},
+C{pricing coverage}.
 
 Each subcommand is an C{async} function taking the reactor, the loaded
 configuration, its options and the output streams, and returning an exit
@@ -149,13 +150,23 @@ class PricingShowOptions(_CommandOptions):
         self["model"] = model
 
 
+def _coverage_options() -> usage.Options:
+    # Imported when used: majordomo.pricing_coverage builds on _CommandOptions above.
+    from majordomo.pricing_coverage import CoverageOptions
+
+    return CoverageOptions()
+
+
 class PricingOptions(usage.Options):
-    synopsis = "show MODEL"
-    subCommands = [["show", None, PricingShowOptions, "Show the price used for a model."]]
+    synopsis = "show|coverage"
+    subCommands = [
+        ["show", None, PricingShowOptions, "Show the price used for a model."],
+        ["coverage", None, _coverage_options, "Unpriced models seen, and what the table prices."],
+    ]
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("pricing needs a subcommand: show")
+            raise usage.UsageError("pricing needs a subcommand: show or coverage")
 
 
 class _MetadataKeyOptions(_CommandOptions):
@@ -362,6 +373,11 @@ async def _db(reactor: Any, config: Config, options: Any, out: TextIO) -> int:
 
 async def _pricing(reactor: Any, config: Config, options: Any, out: TextIO) -> int:
     from majordomo.pricing_show import show_price
+
+    if options.subCommand == "coverage":
+        from majordomo.pricing_coverage import coverage_command
+
+        return await coverage_command(reactor, config, options.subOptions, out)
 
     return show_price(config, options.subOptions["model"], options.subOptions["provider"], out)
 
