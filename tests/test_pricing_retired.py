@@ -18,6 +18,7 @@ from majordomo.pricing import PriceBook
 from majordomo.pricing_retired import (
     RETIRED_FILE,
     RetiredPrices,
+    add,
     correct,
     load_retired,
     parse_retired,
@@ -56,6 +57,12 @@ EXPECTED_IDS = REPORTED + [
     ("openai", "gpt-4o-realtime-preview-2024-12-17"),
     ("openai", "chatgpt-4o-latest"),
     ("azure", "o1-preview"),
+    # Never in LiteLLM for our providers: from retired-additions.yaml.
+    ("anthropic", "claude-2.0"),
+    ("anthropic", "claude-sonnet-4-0"),
+    ("gemini", "gemini-1.0-pro-001"),
+    ("gemini", "gemini-exp-1121"),
+    ("openai", "text-davinci-002"),
 ]
 
 MILLION = Decimal(1_000_000)
@@ -252,6 +259,42 @@ class CorrectTests(SynchronousTestCase):
         """A correction must say where its price was published and why."""
         self.assertRaises(
             PricingError, correct, self.retired(), {"openai": {"old-model": {"input": 1}}}
+        )
+
+
+class AddTests(SynchronousTestCase):
+    """Additions price models LiteLLM never listed, and only those."""
+
+    def retired(self) -> RetiredPrices:
+        return parse_retired(
+            {
+                "old-model": {
+                    "litellm_provider": "openai",
+                    "input_cost_per_token": Decimal("0.000003"),
+                    "output_cost_per_token": Decimal("0.000012"),
+                }
+            }
+        )
+
+    def test_added(self) -> None:
+        """An addition is priced, with its own provenance line."""
+        added = add(
+            self.retired(),
+            {"gemini": {"models/new-model": {"input": 0.5, "published": "p", "source": "s"}}},
+        )
+        self.assertEqual(added.tables["gemini"]["new-model"].input, Decimal("0.5") / MILLION)
+        self.assertEqual(
+            added.provenance["gemini", "new-model"], "last published price: p, source: s"
+        )
+        self.assertIn("old-model", added.tables["openai"])
+
+    def test_present_refused(self) -> None:
+        """Adding a model the retired file already prices is an error: that is a correction."""
+        self.assertRaises(
+            PricingError,
+            add,
+            self.retired(),
+            {"openai": {"old-model": {"input": 1, "published": "p", "source": "s"}}},
         )
 
 
