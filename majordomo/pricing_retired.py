@@ -9,9 +9,8 @@ from the newest PyPI release of LiteLLM that still had it (built by
 C{scripts/build_retired_prices.py}; C{data/RETIRED.md} says how), with
 C{data/retired-corrections.yaml} layered over the entries LiteLLM got wrong
 and C{data/retired-additions.yaml} adding models it never priced for the
-providers we route.
-These prices lie below the bundled table: a model the current table prices is
-never priced from here.
+providers we route.  These prices lie below the bundled table: a model the
+current table prices is never priced from here.
 """
 
 from __future__ import annotations
