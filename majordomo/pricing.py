@@ -20,6 +20,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from majordomo.logtext import printable
+from majordomo.pricing_retired import load_retired
 from majordomo.pricing_sources import (
     ModelPrice,
     PriceTables,
@@ -38,6 +39,9 @@ log = Logger()
 # Names the bundled table in every cost it prices; change it with the data file.
 BUNDLED_VERSION = "litellm-1.110.2+majordomo-1"
 OVERRIDE_SOURCE = "override"
+# Names a retired model's last known price (majordomo.pricing_retired), the
+# layer below the bundled table.
+RETIRED_SOURCE = "litellm-retired"
 
 # The price tables each upstream's models are looked up in, in order.
 _TABLES = {
@@ -72,7 +76,9 @@ class PriceMatch:
     the id as given) or C{"snapshot_fallback"} (found only after stripping a
     snapshot suffix: worth an alert, as snapshots can be priced differently).
     C{source} names the highest layer that set any of these prices;
-    C{sources} lists every layer that did, highest first.
+    C{sources} lists every layer that did, highest first.  C{retired} is set
+    when the shipped price is a retired model's last known one: where and
+    when it was last published.
     """
 
     pricing_key: str
@@ -80,6 +86,7 @@ class PriceMatch:
     price: ModelPrice
     source: str
     sources: tuple[str, ...] = ()
+    retired: str | None = None
 
 
 @dataclass(frozen=True)
@@ -151,7 +158,9 @@ class PriceBook:
 
     C{tables} and C{remote} map price table (C{"openai"}, C{"azure"},
     C{"anthropic"}, C{"gemini"}) to normalised model id to L{ModelPrice}, as
-    the parsers in L{majordomo.pricing_sources} produce them.
+    the parsers in L{majordomo.pricing_sources} produce them.  C{retired}
+    maps the (table, model id) entries of C{tables} that are retired models'
+    last known prices to where and when each was last published.
     """
 
     def __init__(
@@ -162,6 +171,7 @@ class PriceBook:
         remote_version: str | None = None,
         overrides: Mapping[str, ModelPrice] | None = None,
         unpriced_tiers: UnpricedServiceTiers | None = None,
+        retired: Mapping[tuple[str, str], str] | None = None,
     ) -> None:
         self.version = version
         self.remote_version = remote_version
@@ -169,14 +179,24 @@ class PriceBook:
         self._remote: PriceTables = remote or {}
         self._overrides: Mapping[str, ModelPrice] = overrides or {}
         self.unpriced_tiers = unpriced_tiers or UnpricedServiceTiers()
+        self._retired: Mapping[tuple[str, str], str] = retired or {}
         # lookup() answers, kept because the book never changes; bounded, since
         # model names come from clients and upstreams.
         self._found: dict[tuple[str, str | None], PriceMatch | None] = {}
 
     @classmethod
     def bundled(cls) -> PriceBook:
-        """The book of the LiteLLM table shipped with the package."""
-        return cls(load_bundled(), BUNDLED_VERSION)
+        """
+        The book of the LiteLLM table shipped with the package, over the
+        retired models' last known prices.
+        """
+        retired = load_retired()
+        bundled = load_bundled(retired.tables)
+        provenance = {
+            entry: retired.provenance.get(entry, "last published price: unknown")
+            for entry in bundled.from_below
+        }
+        return cls(bundled.tables, BUNDLED_VERSION, retired=provenance)
 
     def __len__(self) -> int:
         """Priced entries across all price tables (OpenAI's and Azure's count apart)."""
@@ -208,7 +228,13 @@ class PriceBook:
     def with_remote(self, remote: PriceTables, version: str) -> PriceBook:
         """This book with fetched prices (from L{parse_remote_prices}) in place of earlier ones."""
         return PriceBook(
-            self._tables, self.version, remote, version, self._overrides, self.unpriced_tiers
+            self._tables,
+            self.version,
+            remote,
+            version,
+            self._overrides,
+            self.unpriced_tiers,
+            self._retired,
         )
 
     def lookup(self, provider: str, model: str | None) -> PriceMatch | None:
@@ -248,6 +274,7 @@ class PriceBook:
     def _find(self, provider: str, key: str, kind: str) -> PriceMatch | None:
         """The layered price of exactly C{key}, highest layer first."""
         layers: list[tuple[ModelPrice, str]] = []
+        retired = None
         if (override := self._overrides.get(key)) is not None:
             layers.append((override, OVERRIDE_SOURCE))
         for table in _TABLES[provider]:
@@ -256,7 +283,8 @@ class PriceBook:
             if remote is not None:
                 layers.append((remote, self.remote_version or "remote"))
             if bundled is not None:
-                layers.append((bundled, self.version))
+                retired = self._retired.get((table, key))
+                layers.append((bundled, self.version if retired is None else RETIRED_SOURCE))
             if remote is not None or bundled is not None:
                 break  # Azure's own price, if it has one, else OpenAI's.
         if not layers:
@@ -267,7 +295,7 @@ class PriceBook:
         sources = tuple(source for _, source in layers)
         if kind == "exact" and sources[0] == OVERRIDE_SOURCE:
             kind = "override"
-        return PriceMatch(key, kind, price, sources[0], sources)
+        return PriceMatch(key, kind, price, sources[0], sources, retired)
 
     def cost(self, provider: str, usage: Usage) -> Cost:
         """
@@ -317,7 +345,22 @@ class PriceBook:
             gaps = standard.service_tier_gaps(served_price, threshold)
         input_cost = _input_cost(provider, price, gaps, usage)
         output_cost = _output_cost(price, gaps, usage)
-        return _cost(match, input_cost, output_cost, _tier_name(tier))
+        cost = _cost(match, input_cost, output_cost, _tier_name(tier))
+        if (
+            served is not None
+            and gaps
+            and (
+                (
+                    input_cost is None
+                    and _input_cost(provider, price, frozenset(), usage) is not None
+                )
+                or (output_cost is None and _output_cost(price, frozenset(), usage) is not None)
+            )
+        ):
+            # The tier is priced, but not for a bucket this request used.
+            self.unpriced_tiers.note(provider, match.pricing_key, served)
+            cost = replace(cost, unpriced_service_tier=served)
+        return cost
 
 
 def _cost(
@@ -453,6 +496,18 @@ def _price_lines(price: ModelPrice) -> list[str]:
     ]
 
 
+def _tier_lines(price: ModelPrice, provider: str, indent: str = "") -> list[str]:
+    """The long-context tiers of C{price}, each with its prices."""
+    lines = []
+    for tier in price.tiers:
+        lines.append(
+            f"{indent}above {tier.above_input_tokens:,} {_TIER_BASIS[provider]}, "
+            "the whole request costs:"
+        )
+        lines.extend(indent + line for line in _price_lines(tier.price))
+    return lines
+
+
 def describe(match: PriceMatch, provider: str) -> str:
     """A human description of a model's prices (USD per million) and their sources."""
     how = {
@@ -463,14 +518,29 @@ def describe(match: PriceMatch, provider: str) -> str:
     lines = [
         f"{match.pricing_key} on {provider} ({how})",
         f"source: {' over '.join(match.sources) or match.source}",
-        "USD per million tokens:",
-        *_price_lines(match.price),
     ]
+    if match.retired is not None:
+        lines.append(
+            "retired model: the current LiteLLM table no longer lists it, so this is its "
+            f"last known price ({match.retired})"
+        )
+    lines += ["USD per million tokens:", *_price_lines(match.price)]
     if match.price.cached_input is None:
         lines.append("  (no cache-read price: requests with cache reads get no cost)")
-    for tier in match.price.tiers:
-        lines.append(
-            f"above {tier.above_input_tokens:,} {_TIER_BASIS[provider]}, the whole request costs:"
-        )
-        lines.extend(_price_lines(tier.price))
+    lines.extend(_tier_lines(match.price, provider))
+    for name, price in match.price.service_tiers:
+        lines.append(f'at service tier "{name}" (as the answer reports it), instead:')
+        lines.extend(_price_lines(price))
+        lines.extend(_tier_lines(price, provider, "  "))
+        for tier in match.price.tiers:
+            if price.tier_above(tier.above_input_tokens) is None:
+                lines.append(
+                    f"  above {tier.above_input_tokens:,} {_TIER_BASIS[provider]}: "
+                    "no price at this tier (such requests get no cost)"
+                )
+    named = ", ".join(f'"{name}"' for name, _ in match.price.service_tiers)
+    lines.append(
+        f"service tier default/standard (or none reported): the prices above; any other"
+        f"{' than ' + named if named else ''} has no price here (such requests get no cost)"
+    )
     return "\n".join(lines)

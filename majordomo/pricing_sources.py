@@ -398,22 +398,43 @@ def parse_remote_prices(data: bytes) -> RemotePrices:
     return remote
 
 
-def load_bundled() -> PriceTables:
+@dataclass(frozen=True)
+class BundledPrices:
     """
-    The LiteLLM table shipped in C{majordomo/data}, with the project's own
-    corrections (C{data/corrections.yaml}) layered over it per field.
+    The prices shipped in the package: C{tables}, and which of their entries
+    (price table, model id) are only in the layer below the LiteLLM table
+    (retired models' last known prices).
+    """
+
+    tables: PriceTables
+    from_below: frozenset[tuple[str, str]] = frozenset()
+
+
+def load_bundled(below: PriceTables | None = None) -> BundledPrices:
+    """
+    The LiteLLM table shipped in C{majordomo/data}; under it C{below} (the
+    retired models' prices), which gives only the models the table lacks,
+    whole; over both the project's own corrections (C{data/corrections.yaml}),
+    layered per field.
     """
     data = resources.files("majordomo").joinpath("data/litellm-model-prices.json").read_bytes()
     tables = parse_litellm(json.loads(data, parse_float=Decimal))
+    from_below = set()
+    for table, models in (below or {}).items():
+        current = tables.setdefault(table, {})
+        for key, price in models.items():
+            if key not in current:
+                current[key] = price
+                from_below.add((table, key))
     corrections = yaml.safe_load(
         resources.files("majordomo").joinpath("data/corrections.yaml").read_text("utf-8")
     )
     for table, models in corrections.items():
         prices = tables.setdefault(table, {})
         for key, price in parse_overrides(models, source=f"corrections.yaml: {table}").items():
-            below = prices.get(key)
-            prices[key] = price if below is None else price.layered_over(below)
-    return tables
+            lower = prices.get(key)
+            prices[key] = price if lower is None else price.layered_over(lower)
+    return BundledPrices(tables, frozenset(from_below))
 
 
 def parse_overrides(raw: object, source: str = "price overrides") -> dict[str, ModelPrice]:

@@ -2,9 +2,10 @@
 """
 C{majordomo reprice}: recompute stored costs with today's prices.
 
-Every row keeps its exact token counts, usage status and reported model, so
-its cost can be recomputed after prices change or a missing price appears.
-Running it twice changes nothing the second time.
+Every row keeps its exact token counts, usage status, reported model and the
+service tier the answer reported, so its cost can be recomputed, at that
+tier, after prices change or a missing price appears.  Running it twice
+changes nothing the second time.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from datetime import date
 from typing import Any
 
 from majordomo.db import Database
-from majordomo.pricing import PriceBook
+from majordomo.pricing import Cost, PriceBook
 from majordomo.record import TOKEN_COLUMNS
 from majordomo.usage import Usage
 
@@ -68,8 +69,7 @@ def _usage(row: tuple[Any, ...]) -> Usage:
     return Usage(usage_status=status, model=model, service_tier=service_tier, **tokens)
 
 
-def _new_costs(book: PriceBook, row: tuple[Any, ...]) -> dict[str, Any]:
-    cost = book.cost(row[1], _usage(row))
+def _columns(cost: Cost) -> dict[str, Any]:
     return {
         "input_cost": cost.input_cost,
         "output_cost": cost.output_cost,
@@ -99,10 +99,13 @@ async def reprice(
             return result
         updates = []
         for row in rows:
-            new = _new_costs(book, row)
+            cost = book.cost(row[1], _usage(row))
+            new = _columns(cost)
             result.examined += 1
-            if new["total_cost"] is None and new["pricing_key"] is None:
-                result.unpriced += 1
+            if cost.total_cost is None and (
+                cost.pricing_key is None or cost.unpriced_service_tier is not None
+            ):
+                result.unpriced += 1  # no price for its model, or for its service tier
             if not _same(row[-len(_COST_COLUMNS) :], new):
                 updates.append({"id": row[0], **new})
         if updates:

@@ -42,7 +42,12 @@ def vector_usage(vector: dict[str, Any]) -> Usage:
     """The normalised usage a vector expects, as a Usage."""
     expected = vector["expected"]
     counts = {name: expected.get(name) for name in TOKEN_FIELDS}
-    return Usage(usage_status=expected["usage_status"], model=expected["model"], **counts)
+    return Usage(
+        usage_status=expected["usage_status"],
+        model=expected["model"],
+        service_tier=expected.get("service_tier"),
+        **counts,
+    )
 
 
 def costs(cost: Cost) -> tuple[Decimal | None, ...]:
@@ -51,7 +56,7 @@ def costs(cost: Cost) -> tuple[Decimal | None, ...]:
 
 
 class VectorTests(SynchronousTestCase):
-    """Every shared test vector is priced exactly as it expects."""
+    """Every test vector (the shared ones and ours) is priced exactly as it expects."""
 
     def test_vectors_present(self) -> None:
         """The shared vectors are where CI keeps them: missing vectors fail, never skip."""
@@ -217,7 +222,8 @@ class BundledTableTests(SynchronousTestCase):
         assert claude is not None
         self.assertEqual(claude.price.cache_write_5m, per_million("3.75"))
         self.assertEqual(claude.price.cache_write_1h, per_million("6"))
-        self.assertEqual(claude.price.tiers, ())
+        # Its only tier is the 1M-context one corrections.yaml adds: _above_1hr made none.
+        self.assertEqual([tier.above_input_tokens for tier in claude.price.tiers], [200_000])
         gemini = self.book.lookup("gemini", "gemini-2.5-pro")
         assert gemini is not None
         self.assertEqual(
@@ -250,7 +256,10 @@ class BundledTableTests(SynchronousTestCase):
         self.assertRegex(text, r"input\s+1\.25\n")
         self.assertRegex(text, r"output \(incl\. reasoning\)\s+10\n")
         self.assertIn("above 200,000", text)
-        self.assertRegex(text, r"output \(incl\. reasoning\)\s+15\n  cache read\s+0\.25$")
+        self.assertRegex(text, r"output \(incl\. reasoning\)\s+15\n  cache read\s+0\.25\n")
+        self.assertIn('at service tier "priority" (as the answer reports it), instead:', text)
+        self.assertRegex(text, r"instead:\n  input\s+2\.25\n")
+        self.assertNotIn("retired model", text)
 
 
 FLAT = ModelPrice(
@@ -653,7 +662,7 @@ class RemotePriceTests(SynchronousTestCase):
         # llm-prices' editorial slug "claude-3.7-sonnet" is not an API id: no fuzzy match.
         sonnet = book.lookup("anthropic", "claude-3-7-sonnet-20250219")
         assert sonnet is not None
-        self.assertEqual(sonnet.sources, (BUNDLED_VERSION,))
+        self.assertEqual(sonnet.sources, (pricing.RETIRED_SOURCE,))
         overridden = book.with_overrides({"gpt-4o": {"output": 9}}).lookup("openai", "gpt-4o")
         assert overridden is not None
         self.assertEqual(

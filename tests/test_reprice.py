@@ -8,6 +8,7 @@ from decimal import Decimal
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
+from majordomo import pricing
 from majordomo.pricing import BUNDLED_VERSION
 from tests import support
 from tests.test_cli import majordomo
@@ -104,5 +105,83 @@ class RepriceTests(TestCase):
             _, err, code = await majordomo("reprice", "--since", "last week")
             self.assertEqual(code, 2)
             self.assertIn("--since: not a date", err)
+
+        return support.as_deferred(go())
+
+
+TIERED_INSERT = """
+INSERT INTO llm_requests (id, created_at, provider, method, path, usage_status, model,
+    service_tier, input_tokens, output_tokens, cached_tokens,
+    input_cost, output_cost, total_cost, pricing_key, pricing_tier, price_source)
+VALUES (%s, '2026-11-20', %s, 'POST', %s, 'complete', %s, %s, %s, %s, %s,
+    %s, %s, %s, %s, 'base', %s)
+"""
+
+
+class RepriceServiceTierTests(TestCase):
+    """Reprice prices each row at the service tier its answer reported, as stored."""
+
+    def setUp(self) -> None:
+        support.fresh_database()
+        one = Decimal(1)
+        rows = [
+            # Flex, once priced at the standard rate (the bug): gets the flex price.
+            ("1", "openai", "gpt-5-2025-08-07", "flex", 12000, 3000, 8000),
+            # Priority on a streamed chat.
+            ("2", "openai", "gpt-5-mini-2025-08-07", "priority", 2000, 500, 1000),
+            # A tier with no price: NULL, counted as still without a price.
+            ("3", "openai", "gpt-4o-2024-08-06", "scale", 1000, 200, 0),
+            # A retired model's last known price (gemini-2.0-flash: 0.10/0.40).
+            ("4", "gemini", "gemini-2.0-flash", None, 1000, 100, 0),
+        ]
+        for n, provider, model, tier, tokens_in, tokens_out, cached in rows:
+            support.run_sql(
+                TIERED_INSERT,
+                (
+                    f"018f0000-0000-7000-8000-00000000010{n}",
+                    provider,
+                    "/v1/chat/completions",
+                    model,
+                    tier,
+                    tokens_in,
+                    tokens_out,
+                    cached,
+                    one,
+                    one,
+                    one + one,
+                    model,
+                    BUNDLED_VERSION,
+                ),
+            )
+
+    def test_tiers_applied(self) -> defer.Deferred[None]:
+        """
+        Each row gets the price of its stored service tier (the vectors' figures,
+        101, 102 and 104); an unpriced tier's row becomes NULL and is reported.
+        """
+
+        async def go() -> None:
+            out, err, code = await majordomo("reprice")
+            self.assertEqual((err, code), ("", 0))
+            self.assertEqual(out, "Repriced 4 requests: 4 changed, 1 still without a price.\n")
+            rows = support.run_sql(
+                "SELECT input_cost, output_cost, total_cost, price_source"
+                " FROM llm_requests ORDER BY id"
+            )
+            self.assertEqual(
+                [row[:3] for row in rows],
+                [
+                    # 4000 x $0.625/M + 8000 x $0.0625/M; 3000 x $5/M
+                    (Decimal("0.003"), Decimal("0.015"), Decimal("0.018")),
+                    # 1000 x $0.45/M + 1000 x $0.045/M; 500 x $3.6/M
+                    (Decimal("0.000495"), Decimal("0.0018"), Decimal("0.002295")),
+                    (None, None, None),
+                    # 1000 x $0.10/M; 100 x $0.40/M
+                    (Decimal("0.0001"), Decimal("0.00004"), Decimal("0.00014")),
+                ],
+            )
+            self.assertEqual(rows[3][3], pricing.RETIRED_SOURCE)
+            out, _, _ = await majordomo("reprice")
+            self.assertEqual(out, "Repriced 4 requests: 0 changed, 1 still without a price.\n")
 
         return support.as_deferred(go())

@@ -1,7 +1,8 @@
 """
-The shared usage/cost vectors (../shared/vectors): locating, loading, and
-turning their C{prices_used} into price overrides.  Missing vectors fail the
-tests that need them; they never skip.
+The usage/cost vectors: the shared ones (../shared/vectors) and the project's
+own (tests/vectors, same format, numbered apart: see its README.md).  Locating,
+loading, and turning their C{prices_used} into price overrides.  Missing
+vectors fail the tests that need them; they never skip.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from majordomo.pricing_sources import PRICE_FIELDS
 
 VECTORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "vectors")
+OWN_VECTORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vectors")
 TOKEN_FIELDS = (
     "input_tokens",
     "cached_tokens",
@@ -32,10 +34,20 @@ TOKEN_FIELDS = (
 
 
 def vector_files() -> list[str]:
-    """The shared vector files; an AssertionError if the directory is missing."""
-    if not os.path.isdir(VECTORS):
-        raise AssertionError(f"test vectors not found at {os.path.abspath(VECTORS)}")
-    return sorted(glob.glob(os.path.join(VECTORS, "*.json")))
+    """
+    Every vector file, the shared ones and ours, in order of their number
+    (the two sets are numbered apart); an AssertionError if a directory is
+    missing or two files share a name.
+    """
+    paths = []
+    for directory in (VECTORS, OWN_VECTORS):
+        if not os.path.isdir(directory):
+            raise AssertionError(f"test vectors not found at {os.path.abspath(directory)}")
+        paths.extend(glob.glob(os.path.join(directory, "*.json")))
+    names = [os.path.basename(path) for path in paths]
+    if len(set(names)) != len(names):
+        raise AssertionError(f"two vector files share a name: {sorted(names)}")
+    return sorted(paths, key=os.path.basename)
 
 
 def load_vector(path: str) -> dict[str, Any]:
@@ -50,16 +62,23 @@ def vector_overrides(prices: dict[str, Any]) -> dict[str, Any]:
     A vector's C{prices_used} in the overrides file's shape.  Where the case
     crosses a long-context tier, the top-level prices are the tier's and
     C{base_tier_for_reference} holds the base; the threshold is in C{tier}.
+    A case served at a service tier has that tier's prices, in the overrides
+    file's shape, under C{service_tiers} (tier name -> fields, with their own
+    C{tiers}); a case at a tier with no price has none there.
     """
     given = {name: prices[name] for name in PRICE_FIELDS if name in prices}
     key = prices["pricing_key"].split()[0]
     base = prices.get("base_tier_for_reference")
     if base is None:
-        return {key: given}
-    threshold = re.search(r">(\d+)k", prices["tier"])
-    assert threshold is not None, prices["tier"]
-    tier = {"above_input_tokens": int(threshold[1]) * 1000, **given}
-    return {key: {**base, "tiers": [tier]}}
+        override = given
+    else:
+        threshold = re.search(r">(\d+)k", prices["tier"])
+        assert threshold is not None, prices["tier"]
+        tier = {"above_input_tokens": int(threshold[1]) * 1000, **given}
+        override = {**base, "tiers": [tier]}
+    if prices.get("service_tiers"):
+        override = {**override, "service_tiers": prices["service_tiers"]}
+    return {key: override}
 
 
 def expected_costs(vector: dict[str, Any]) -> tuple[Decimal | None, ...]:
