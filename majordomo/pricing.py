@@ -223,6 +223,7 @@ class PriceBook:
             self.remote_version,
             keyed,
             self.unpriced_tiers,
+            self._retired,
         )
 
     def with_remote(self, remote: PriceTables, version: str) -> PriceBook:
@@ -323,44 +324,66 @@ class PriceBook:
             # Gemini's tiers are measured on promptTokenCount, without tool-use tokens.
             prompt_tokens -= usage.tool_use_prompt_tokens or 0
         served = service_tier_name(usage.service_tier)
-        standard = match.price
         if served is None:
-            tier = standard.tier_for(prompt_tokens)
-            price, gaps = standard.at_tier(tier), frozenset[str]()
-        else:
-            served_price = standard.service_tier(served)
-            if served_price is None:
-                self.unpriced_tiers.note(provider, match.pricing_key, served)
-                return replace(_cost(match, None, None, None), unpriced_service_tier=served)
-            # The threshold crossed is the largest either tier list has.
-            tier = max(
-                filter(
-                    None, (standard.tier_for(prompt_tokens), served_price.tier_for(prompt_tokens))
-                ),
-                key=lambda crossed: crossed.above_input_tokens,
-                default=None,
+            tier = match.price.tier_for(prompt_tokens)
+            price = match.price.at_tier(tier)
+            input_cost = _input_cost(provider, price, frozenset(), usage)
+            return _cost(
+                match, input_cost, _output_cost(price, frozenset(), usage), _tier_name(tier)
             )
-            threshold = None if tier is None else tier.above_input_tokens
-            price = served_price.at_tier(served_price.tier_above(threshold))
-            gaps = standard.service_tier_gaps(served_price, threshold)
-        input_cost = _input_cost(provider, price, gaps, usage)
-        output_cost = _output_cost(price, gaps, usage)
-        cost = _cost(match, input_cost, output_cost, _tier_name(tier))
-        if (
-            served is not None
-            and gaps
-            and (
-                (
-                    input_cost is None
-                    and _input_cost(provider, price, frozenset(), usage) is not None
-                )
-                or (output_cost is None and _output_cost(price, frozenset(), usage) is not None)
-            )
-        ):
+        served_price = match.price.service_tier(served)
+        if served_price is None:
+            self.unpriced_tiers.note(provider, match.pricing_key, served)
+            return replace(_cost(match, None, None, None), unpriced_service_tier=served)
+        at = _ServedPrice.of(match.price, served_price, prompt_tokens)
+        input_cost = _input_cost(provider, at.price, at.gaps, usage)
+        output_cost = _output_cost(at.price, at.gaps, usage)
+        cost = _cost(match, input_cost, output_cost, _tier_name(at.tier))
+        if at.gaps and (input_cost, output_cost) != at.costs_without_gaps(provider, usage):
             # The tier is priced, but not for a bucket this request used.
             self.unpriced_tiers.note(provider, match.pricing_key, served)
             cost = replace(cost, unpriced_service_tier=served)
         return cost
+
+
+@dataclass(frozen=True)
+class _ServedPrice:
+    """
+    The flat prices of a request at a service tier: C{price}, the long-context
+    C{tier} crossed, and the C{gaps} (fields the standard tier prices at that
+    size, in C{standard}, and the service tier does not).
+    """
+
+    price: ModelPrice
+    tier: PriceTier | None
+    gaps: frozenset[str]
+    standard: ModelPrice
+
+    @classmethod
+    def of(cls, standard: ModelPrice, served: ModelPrice, prompt_tokens: int) -> _ServedPrice:
+        # The threshold crossed is the largest either tier list has.
+        crossed = (standard.tier_for(prompt_tokens), served.tier_for(prompt_tokens))
+        tier = max(filter(None, crossed), key=lambda t: t.above_input_tokens, default=None)
+        threshold = None if tier is None else tier.above_input_tokens
+        return cls(
+            served.at_tier(served.tier_above(threshold)),
+            tier,
+            standard.service_tier_gaps(served, threshold),
+            standard.at_tier(standard.tier_above(threshold)),
+        )
+
+    def costs_without_gaps(
+        self, provider: str, usage: Usage
+    ) -> tuple[Decimal | None, Decimal | None]:
+        """
+        The costs had the gaps been priced (at any price: the standard one
+        here), to tell a cost unknown for want of them from one unknown anyway.
+        """
+        filled = replace(self.price, **{name: getattr(self.standard, name) for name in self.gaps})
+        return (
+            _input_cost(provider, filled, frozenset(), usage),
+            _output_cost(filled, frozenset(), usage),
+        )
 
 
 def _cost(
