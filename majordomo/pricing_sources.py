@@ -195,8 +195,12 @@ PriceTables = dict[str, dict[str, ModelPrice]]
 
 # Service tiers a response may report that are priced at the model's own
 # (standard) prices: OpenAI "default" (and the "auto" a request sends, echoed
-# back by early stream events), Anthropic "standard", Vertex "ON_DEMAND".
-STANDARD_SERVICE_TIERS = frozenset({"default", "standard", "auto", "on_demand"})
+# back by early stream events), Anthropic and Gemini "standard", Gemini
+# "unspecified" (google-genai's ServiceTier: "default ..., which is
+# standard"), Vertex trafficType "ON_DEMAND" (or unspecified).
+STANDARD_SERVICE_TIERS = frozenset(
+    {"default", "standard", "auto", "unspecified", "on_demand", "traffic_type_unspecified"}
+)
 # Reported names that are another name of a priced tier: OpenAI reports a
 # "fast" request back as "priority" (USAGE-SPEC.md 2.1), Vertex's trafficType.
 _SERVICE_TIER_ALIASES = {

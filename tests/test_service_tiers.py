@@ -149,8 +149,21 @@ class TierNameTests(SynchronousTestCase):
     """Which reported names are the standard tier, and which name others."""
 
     def test_standard(self) -> None:
-        """default, standard, auto (an echo), ON_DEMAND and nothing at all are the standard tier."""
-        for reported in (None, "", "default", "standard", "auto", "ON_DEMAND", " Default "):
+        """
+        default, standard, auto (an echo), Gemini's unspecified, Vertex's
+        ON_DEMAND and nothing at all are the standard tier.
+        """
+        for reported in (
+            None,
+            "",
+            "default",
+            "standard",
+            "auto",
+            "unspecified",
+            "ON_DEMAND",
+            "TRAFFIC_TYPE_UNSPECIFIED",
+            " Default ",
+        ):
             self.assertIsNone(service_tier_name(reported), reported)
 
     def test_names(self) -> None:
@@ -161,6 +174,8 @@ class TierNameTests(SynchronousTestCase):
         self.assertEqual(service_tier_name("ON_DEMAND_PRIORITY"), "priority")
         self.assertEqual(service_tier_name("ON_DEMAND_FLEX"), "flex")
         self.assertEqual(service_tier_name("scale"), "scale")
+        # Not priced per token by any table: such answers get no cost.
+        self.assertEqual(service_tier_name("PROVISIONED_THROUGHPUT"), "provisioned_throughput")
 
 
 class CostAtServiceTierTests(SynchronousTestCase):
