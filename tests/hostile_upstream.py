@@ -48,6 +48,7 @@ SHAPES = (
     "crs",  # the same with carriage returns
     "events",  # the same with SIZE bytes of tiny events
     "json",  # a chat completion with SIZE bytes of whitespace before its usage member
+    "dense",  # a chat completion with SIZE bytes of members ("k": 1, ...) before its usage
     "endless",  # an event stream of newlines that never ends
     "garbage",  # SIZE bytes that are neither gzip nor JSON
 )
@@ -141,7 +142,7 @@ class HostileProvider(Resource):
         usage = json.loads(usage_text) if usage_text else self.usage
         gzipped = mode.startswith("gzip-")
         shape = mode.removeprefix("gzip-")
-        streamed = shape not in ("chat", "json", "garbage") or _asks_to_stream(request)
+        streamed = shape not in ("chat", "json", "dense", "garbage") or _asks_to_stream(request)
         content_type = b"text/event-stream" if streamed else b"application/json"
         request.setHeader(b"content-type", content_type)
         if gzipped:
@@ -157,9 +158,9 @@ class HostileProvider(Resource):
     ) -> Iterator[bytes]:
         if shape == "garbage":
             return iter([(bytes(range(256)) * (size // 256 + 1))[:size]])
-        if shape == "json" or (shape == "chat" and not streamed):
+        if shape in ("json", "dense") or (shape == "chat" and not streamed):
             head, tail = chat_completion_parts(usage)
-            filler = b" " if shape == "json" else b""
+            filler = {"json": b" ", "dense": b'"k": 1, '}.get(shape, b"")
         else:
             # The filler first: before any event, no parser can take a short cut.
             head = b""

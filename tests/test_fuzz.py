@@ -123,6 +123,9 @@ class FuzzTargetTests(SynchronousTestCase):
     def test_fuzz_json_array(self) -> None:
         self.fuzz("json_array")
 
+    def test_fuzz_json_members(self) -> None:
+        self.fuzz("json_members")
+
     def test_fuzz_metadata(self) -> None:
         self.fuzz("metadata")
 

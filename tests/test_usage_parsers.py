@@ -701,14 +701,20 @@ class RobustnessTests(SynchronousTestCase):
                 usage = run(parser_for(name, vector), body)
                 self.assertIsInstance(usage, Usage)
 
-    def test_oversized_body_unparseable(self) -> None:
-        """A non-streamed body over the buffering cap is dropped, not held, and is unparseable."""
-        parser = JSONBodyParser(usage_from_body, "text-embedding-3-large", max_size=1000)
-        parser.feed(b'{"data": [' + b"0.1," * 500)
-        parser.feed(b'0.1], "usage": {"prompt_tokens": 8}}')
-        self.assertEqual(parser._chunks, [])
+    def test_large_body_read(self) -> None:
+        """
+        A non-streamed body of any size has its usage read; what the gateway
+        does not need (here 40 MiB of embeddings) is passed over, not held.
+        """
+        parser = JSONBodyParser(usage_from_body, "text-embedding-3-large")
+        parser.feed(b'{"object": "list", "data": [')
+        chunk = b'{"object": "embedding", "index": 0, "embedding": [' + b"0.0123," * 9000 + b"1]},"
+        for _ in range(40 * 2**20 // len(chunk)):
+            parser.feed(chunk)
+        parser.feed(b'{}], "model": "text-embedding-3-large", "usage": {"prompt_tokens": 8}}')
+        self.assertEqual(set(parser._members.members), {"object", "model", "usage"})
         usage = parser.finish()
-        self.assertEqual((usage.usage_status, usage.model), (UNPARSEABLE, "text-embedding-3-large"))
+        self.assertEqual((usage.usage_status, usage.input_tokens), (COMPLETE, 8))
 
     def test_oversized_event_unparseable(self) -> None:
         """A stream whose first event exceeds the event cap is unparseable."""

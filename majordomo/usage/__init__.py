@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
+from majordomo.json_members import TopLevelMembers
 from majordomo.sse import JSONArrayParser, SSEEvent, SSEParser
 
 # usage_status values (USAGE-SPEC.md section 1, plus "unparseable" for a body
@@ -93,9 +94,6 @@ class UsageParser(Protocol):
 
     def finish(self, complete: bool = True) -> Usage: ...
 
-
-# A non-streamed body bigger than this is not buffered for its usage.
-MAX_BODY_SIZE = 32 * 1024 * 1024
 
 OPENAI = "openai"
 AZURE = "azure"
@@ -274,47 +272,33 @@ def error_usage(model: str | None) -> Usage:
 
 class JSONBodyParser:
     """
-    Reads usage from a non-streamed JSON body.  The body has to be whole to be
-    decoded, so it is buffered, up to C{max_size}; a bigger one is let through
-    unread (C{unparseable}) rather than held in memory.
+    Reads usage from a non-streamed JSON body, as it streams: only the
+    object's small top-level members (the usage, the model, the service tier)
+    are kept and decoded (L{TopLevelMembers}), so a body of any size costs
+    bounded memory and bounded work per chunk.  A body that is not one JSON
+    object is C{unparseable}; one cut short is C{missing_stream_truncated}.
 
-    C{read} turns the decoded body into a L{Usage}; C{fallback_model} is the
-    model to record when the body names none.
+    C{read} turns the decoded members into a L{Usage}; C{fallback_model} is
+    the model to record when the body names none.
     """
 
     def __init__(
-        self,
-        read: Callable[[Any, str | None], Usage],
-        fallback_model: str | None,
-        max_size: int = MAX_BODY_SIZE,
+        self, read: Callable[[Any, str | None], Usage], fallback_model: str | None
     ) -> None:
         self._read = read
         self._fallback = fallback_model
-        self._max = max_size
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self._overflow = False
+        self._members = TopLevelMembers()
 
     def feed(self, data: bytes) -> None:
-        if self._overflow:
-            return
-        self._size += len(data)
-        if self._size > self._max:
-            self._overflow = True
-            self._chunks = []
-        else:
-            self._chunks.append(data)
+        self._members.feed(data)
 
     def finish(self, complete: bool = True) -> Usage:
-        if self._overflow:
-            return Usage(UNPARSEABLE, model=self._fallback)
-        try:
-            body = json.loads(b"".join(self._chunks))
-        except (ValueError, RecursionError):
+        members = self._members
+        if members.broken or not members.closed:
             # A body cut short reads as broken JSON; say why it is unknown.
             status = UNPARSEABLE if complete else MISSING_STREAM_TRUNCATED
             return Usage(status, model=self._fallback)
-        return self._read(body, self._fallback)
+        return self._read(members.members, self._fallback)
 
 
 class StreamedJSONParser(ABC):

@@ -82,7 +82,16 @@ def stream_seeds(all_vectors: dict[str, dict[str, Any]]) -> dict[str, dict[str, 
         "chat_usage_crlf_cut": make_input(crlf(chat), lengths=bytes([9, 0])),
         "chat_no_usage": make_input(body(all_vectors["04_openai_chat_stream_no_include_usage"])),
     }
-    return {"sse": sse, "json_array": arrays, "usage_filter": filters}
+    objects = {
+        name: make_input(body(v))
+        for name, v in all_vectors.items()
+        if v["response_content_type"].startswith("application/json")
+    }
+    objects["tricky_strings"] = make_input(
+        b'\xef\xbb\xbf{"a\\"": "}]\\\\", "b": [[], {"c": "["}], "a\\"": 2 }', lengths=bytes([0, 2])
+    )
+    objects["not_object"] = make_input(b'[{"usage": 1}]')
+    return {"sse": sse, "json_array": arrays, "json_members": objects, "usage_filter": filters}
 
 
 def usage_seeds(all_vectors: dict[str, dict[str, Any]]) -> dict[str, bytes]:
