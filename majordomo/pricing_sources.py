@@ -419,7 +419,10 @@ def load_bundled(below: PriceTables | None = None) -> BundledPrices:
     The LiteLLM table shipped in C{majordomo/data}; under it C{below} (the
     retired models' prices), which gives only the models the table lacks,
     whole; over both the project's own corrections (C{data/corrections.yaml}),
-    layered per field.
+    layered per field.  A correction that sets a model's input and output
+    prices is a price of its own: that model no longer counts as one from
+    below (a served model LiteLLM dropped, such as Claude Sonnet 4, is not
+    labelled retired).
     """
     data = resources.files("majordomo").joinpath("data/litellm-model-prices.json").read_bytes()
     tables = parse_litellm(json.loads(data, parse_float=Decimal))
@@ -438,6 +441,8 @@ def load_bundled(below: PriceTables | None = None) -> BundledPrices:
         for key, price in parse_overrides(models, source=f"corrections.yaml: {table}").items():
             lower = prices.get(key)
             prices[key] = price if lower is None else price.layered_over(lower)
+            if price.input is not None and price.output is not None:
+                from_below.discard((table, key))
     return BundledPrices(tables, frozenset(from_below))
 
 

@@ -659,10 +659,11 @@ class RemotePriceTests(SynchronousTestCase):
         dated = book.lookup("openai", "gpt-4o-2024-08-06")
         assert dated is not None
         self.assertEqual((dated.price.input, dated.source), (per_million("2.5"), BUNDLED_VERSION))
-        # llm-prices' editorial slug "claude-3.7-sonnet" is not an API id: no fuzzy match.
+        # llm-prices' editorial slug "claude-3.7-sonnet" is not an API id: no
+        # fuzzy match.  The price is corrections.yaml's, not a retired one.
         sonnet = book.lookup("anthropic", "claude-3-7-sonnet-20250219")
         assert sonnet is not None
-        self.assertEqual(sonnet.sources, (pricing.RETIRED_SOURCE,))
+        self.assertEqual((sonnet.sources, sonnet.retired), ((BUNDLED_VERSION,), None))
         overridden = book.with_overrides({"gpt-4o": {"output": 9}}).lookup("openai", "gpt-4o")
         assert overridden is not None
         self.assertEqual(
@@ -677,10 +678,12 @@ class CorrectionsTests(SynchronousTestCase):
     def test_guide_model_priced(self) -> None:
         """
         claude-sonnet-4-20250514, the guide's Anthropic model, is priced with its
-        cache writes, reads and 1M-context tier, though LiteLLM dropped it.
+        cache writes, reads and 1M-context tier, though LiteLLM dropped it; the
+        price is the project's correction, not labelled a retired model's.
         """
         match = PriceBook.bundled().lookup("anthropic", "claude-sonnet-4-20250514")
         assert match is not None
+        self.assertEqual((match.source, match.retired), (BUNDLED_VERSION, None))
         price = match.price
         self.assertEqual(
             (price.input, price.output, price.cached_input, price.cache_write_5m),
