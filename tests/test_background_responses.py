@@ -17,8 +17,14 @@ from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
 from majordomo.pricing import PriceBook
-from majordomo.usage import COMPLETE, MISSING_STREAM_TRUNCATED, UNPARSEABLE, Usage
-from majordomo.usage.openai import PENDING_BACKGROUND, usage_from_body
+from majordomo.usage import (
+    COMPLETE,
+    MISSING_STREAM_TRUNCATED,
+    PENDING_BACKGROUND,
+    UNPARSEABLE,
+    Usage,
+)
+from majordomo.usage.openai import usage_from_body
 from tests import support, test_vectors_gateway
 from tests.gateway_case import GatewayTestCase
 from tests.test_usage_parsers import SSE, USAGE_KEYS, parser_for, run, sse

@@ -6,7 +6,6 @@ and the provider modules), driven first by the shared test vectors.
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
 import random
@@ -27,9 +26,7 @@ from majordomo.usage import (
     make_usage_parser,
 )
 from majordomo.usage.openai import UsageChunkFilter, inject_include_usage, usage_from_body
-from tests.vectors import TOKEN_FIELDS
-
-VECTORS_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "vectors")
+from tests.vectors import TOKEN_FIELDS, load_vector, vector_files
 
 # The keys of a vector's "expected" that are Usage fields (or its property).
 USAGE_KEYS = (*TOKEN_FIELDS, "usage_status", "model", "uncached_input_tokens")
@@ -39,17 +36,8 @@ JSON = "application/json"
 
 
 def load_vectors() -> list[tuple[str, dict[str, Any]]]:
-    """Every vector file, by name; an absent directory is an error, not a skip."""
-    if not os.path.isdir(VECTORS_DIR):
-        raise AssertionError(f"test vectors not found at {os.path.abspath(VECTORS_DIR)}")
-    paths = sorted(glob.glob(os.path.join(VECTORS_DIR, "*.json")))
-    if not paths:
-        raise AssertionError(f"no test vectors in {os.path.abspath(VECTORS_DIR)}")
-    vectors = []
-    for path in paths:
-        with open(path, encoding="utf-8") as f:
-            vectors.append((os.path.basename(path), json.load(f)))
-    return vectors
+    """Every vector file (shared and our own), by name; none found is an error, not a skip."""
+    return [(os.path.basename(path), load_vector(path)) for path in vector_files()]
 
 
 def parser_for(name: str, vector: dict[str, Any]) -> Any:

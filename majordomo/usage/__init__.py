@@ -25,8 +25,9 @@ from majordomo.json_members import TopLevelMembers
 from majordomo.sse import JSONArrayParser, SSEEvent, SSEParser
 
 # usage_status values (USAGE-SPEC.md section 1, plus "unparseable" for a body
-# the parser could not read at all and "invalid_usage" for a usage object whose
-# counts cannot be true).
+# the parser could not read at all, "invalid_usage" for a usage object whose
+# counts cannot be true, and "pending_background" for a background Response
+# answered before it finished).
 COMPLETE = "complete"
 MISSING_NOT_REQUESTED = "missing_not_requested"
 MISSING_STREAM_TRUNCATED = "missing_stream_truncated"
@@ -35,6 +36,7 @@ ERROR_NOT_BILLED = "error_not_billed"
 UNPARSEABLE = "unparseable"
 NOT_APPLICABLE = "not_applicable"
 INVALID_USAGE = "invalid_usage"
+PENDING_BACKGROUND = "pending_background"
 # The gateway's own status for a request whose billing it cannot know (the
 # client or the upstream went away mid-exchange, a row stored reduced).
 UNKNOWN = "unknown"

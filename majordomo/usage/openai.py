@@ -29,6 +29,7 @@ from majordomo.usage import (
     COMPLETE,
     MISSING_NOT_REQUESTED,
     MISSING_STREAM_TRUNCATED,
+    PENDING_BACKGROUND,
     UNPARSEABLE,
     StreamedJSONParser,
     Usage,
@@ -56,7 +57,6 @@ _UNFINISHED_STATUSES = frozenset({"queued", "in_progress"})
 # or in progress, usage null), or a background stream that ended before its
 # terminal event: the provider bills the whole response once it finishes, but
 # this answer cannot say what; counts and cost are unknown (NULL, never 0).
-PENDING_BACKGROUND = "pending_background"
 
 
 def has_usage(route: str) -> bool:
@@ -115,11 +115,10 @@ def is_unfinished_response(body: Any) -> bool:
     Whether C{body} is a Responses API object the model has not finished
     (queued or in progress), so it reports no usage yet.
     """
-    return (
-        isinstance(body, dict)
-        and body.get("status") in _UNFINISHED_STATUSES
-        and body.get("usage") is None
-    )
+    if not isinstance(body, dict):
+        return False
+    status = body.get("status")
+    return isinstance(status, str) and status in _UNFINISHED_STATUSES and body.get("usage") is None
 
 
 class OpenAIStreamParser(StreamedJSONParser):

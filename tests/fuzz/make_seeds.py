@@ -1,6 +1,6 @@
 """
 Writes the seed corpora in C{seeds/}, one directory per target, mostly from
-the shared usage vectors (real provider answers, C{../shared/vectors}).  The
+the usage vectors (real provider answers: C{tests.vectors}).  The
 seeds are committed: the tests and the targets read only C{seeds/}, never the
 vectors.  Run it again when the vectors or an input format change:
 
@@ -9,11 +9,9 @@ vectors.  Run it again when the vectors or an input format change:
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
-import sys
 from typing import Any
 
 from tests.fuzz import (
@@ -24,19 +22,14 @@ from tests.fuzz import (
     fuzz_usage,
 )
 from tests.fuzz.harness import HERE, SEEDS, make_input
+from tests.vectors import load_vector, vector_files
 
-VECTORS = os.path.join(HERE, "..", "..", "..", "shared", "vectors")
 AZURE_CHAT = "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
 
 
 def vectors() -> dict[str, dict[str, Any]]:
-    found = {}
-    for path in sorted(glob.glob(os.path.join(VECTORS, "*.json"))):
-        with open(path, encoding="utf-8") as f:
-            found[os.path.basename(path)[:-5]] = json.load(f)
-    if not found:
-        sys.exit(f"no vectors in {os.path.abspath(VECTORS)}")
-    return found
+    """The shared vectors and our own (C{tests/vectors}), by name."""
+    return {os.path.basename(path)[:-5]: load_vector(path) for path in vector_files()}
 
 
 def body(vector: dict[str, Any]) -> bytes:
