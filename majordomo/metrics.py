@@ -87,7 +87,7 @@ class GatewayMetrics:
         )
         self.unpriced = Counter(
             "majordomo_unpriced_requests",
-            "Requests whose model had no price (cost NULL)",
+            "Requests whose model, or the service tier it was served at, had no price (cost NULL)",
             ["provider", "model"],
             registry=r,
         )
@@ -132,7 +132,7 @@ class GatewayMetrics:
                 child(self.tokens, provider, model, kind).inc(count)
         if cost is not None and cost.total_cost:
             child(self.cost, provider, model).inc(float(cost.total_cost))
-        if cost is not None and not cost.priced and usage.input_tokens:
+        if cost is not None and usage.input_tokens and not _fully_priced(cost):
             child(self.unpriced, provider, model).inc()
 
     def model_label(self, model: str | None, cost: Any) -> str:
@@ -223,3 +223,8 @@ class MetricsResource(Resource):
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
         return bytes(generate_latest(self._metrics.registry))
+
+
+def _fully_priced(cost: Any) -> bool:
+    """Whether the model had a price, at the service tier the answer was served at too."""
+    return bool(cost.priced) and cost.unpriced_service_tier is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -38,21 +39,25 @@ class MetricsTests(ScrapingTestCase):
 
     def test_request_metrics_move(self) -> defer.Deferred[None]:
         """
-        A priced request, an unpriced one and a 401 move the request counter
-        by provider/model/status, the token and cost counters, the unpriced
-        counter and the latency histograms; the writer's batches are timed.
+        A priced request, an unpriced one, one served at a service tier with
+        no price and a 401 move the request counter by provider/model/status,
+        the token and cost counters, the unpriced counter and the latency
+        histograms; the writer's batches are timed.
         """
 
         async def go() -> None:
             before = await self.scrape()
+            at_scale = json.loads(support.chat_completion("gpt-4o", 5, 5))
+            at_scale["service_tier"] = "scale"
             self.upstream.queue = [
                 support.Canned(chunks=[support.chat_completion("gpt-4o-mini-2024-07-18", 19, 10)]),
                 support.Canned(chunks=[support.chat_completion("acme-model-1", 5, 5)]),
+                support.Canned(chunks=[json.dumps(at_scale).encode()]),
             ]
-            await self.post("/v1/chat/completions", GUIDE_BODY, X_Majordomo_Key=self.key)
-            await self.post("/v1/chat/completions", GUIDE_BODY, X_Majordomo_Key=self.key)
+            for _ in range(3):
+                await self.post("/v1/chat/completions", GUIDE_BODY, X_Majordomo_Key=self.key)
             await self.post("/v1/chat/completions", GUIDE_BODY, X_Majordomo_Key="mdm_sk_wrong")
-            await self.rows(2)
+            await self.rows(3)
             after = await self.scrape()
             mini = {"provider": "openai", "model": "gpt-4o-mini-2024-07-18"}
 
@@ -70,14 +75,17 @@ class MetricsTests(ScrapingTestCase):
                 moved("majordomo_unpriced_requests_total", provider="openai", model="acme-model-1"),
                 1,
             )
+            self.assertEqual(
+                moved("majordomo_unpriced_requests_total", provider="openai", model="gpt-4o"), 1
+            )
             for histogram in (
                 "majordomo_upstream_ttfb_seconds_count",
                 "majordomo_request_duration_seconds_count",
             ):
-                self.assertEqual(moved(histogram, provider="openai"), 2)
-            self.assertEqual(moved("majordomo_gateway_overhead_seconds_count"), 2)
+                self.assertEqual(moved(histogram, provider="openai"), 3)
+            self.assertEqual(moved("majordomo_gateway_overhead_seconds_count"), 3)
             self.assertGreaterEqual(moved("majordomo_log_batch_seconds_count"), 1)
-            self.assertEqual(moved("majordomo_rows_written_total"), 2)
+            self.assertEqual(moved("majordomo_rows_written_total"), 3)
 
         return support.as_deferred(go())
 
