@@ -267,6 +267,7 @@ class ProxyResource(Resource):
             content_type=content_type.decode("latin-1"),
             request_model=facts.model,
             usage_requested=may_ask or provider not in (providers.OPENAI, providers.AZURE),
+            served_tier=providers.served_tier(provider, response.headers),
         )
         relay = BodyRelay(
             request,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http_headers import Headers
 
 from majordomo import providers
 
@@ -69,3 +70,30 @@ class SecretTests(SynchronousTestCase):
             "azure", "/openai/deployments/prod-4o/chat/completions?api-version=1", {}
         )
         self.assertEqual(facts.model, "prod-4o")
+
+
+class ServedTierTests(SynchronousTestCase):
+    """The service tier a provider reports in a response header (Gemini's Flex and Priority)."""
+
+    def tier(self, provider: str, *values: bytes) -> str | None:
+        headers = Headers()
+        if values:
+            headers.setRawHeaders(b"x-gemini-service-tier", list(values))
+        return providers.served_tier(provider, headers)
+
+    def test_gemini_header(self) -> None:
+        self.assertEqual(self.tier(providers.GEMINI, b"priority"), "priority")
+        self.assertEqual(self.tier(providers.GEMINI, b" standard "), "standard")
+        self.assertEqual(self.tier(providers.GEMINI, b"flex", b"standard"), "standard")
+        self.assertIsNone(self.tier(providers.GEMINI))
+
+    def test_other_providers_not_read(self) -> None:
+        """OpenAI and Anthropic report their tier in the body; a stray header is ignored."""
+        for provider in (providers.OPENAI, providers.AZURE, providers.ANTHROPIC):
+            self.assertIsNone(self.tier(provider, b"priority"), provider)
+
+    def test_nonsense_ignored(self) -> None:
+        """An empty or overlong value names no tier (the body's, or none, stands)."""
+        self.assertIsNone(self.tier(providers.GEMINI, b""))
+        self.assertIsNone(self.tier(providers.GEMINI, b"x" * 65))
+        self.assertEqual(self.tier(providers.GEMINI, b"pri\xffority"), "pri\xffority")

@@ -26,9 +26,9 @@ from majordomo.pricing_sources import (
     parse_overrides,
     service_tier_name,
 )
-from majordomo.usage import COMPLETE, Usage, make_usage_parser
+from majordomo.usage import COMPLETE, Usage
 from tests.test_cli import majordomo
-from tests.vectors import OWN_VECTORS, TOKEN_FIELDS, load_vector, vector_files
+from tests.vectors import OWN_VECTORS, TOKEN_FIELDS, load_vector, vector_files, vector_parser
 
 
 def per_million(value: str) -> Decimal:
@@ -485,14 +485,7 @@ class OwnVectorUsageTests(SynchronousTestCase):
             vector = load_vector(path)
             body = vector["response_body"].encode("utf-8")
             for chunks in ([body], [body[i : i + 1] for i in range(len(body))]):
-                parser = make_usage_parser(
-                    vector["provider"],
-                    vector["request_path"],
-                    status_code=vector["response_status"],
-                    content_type=vector["response_content_type"],
-                    request_model=vector["request_body"].get("model"),
-                    usage_requested=True,
-                )
+                parser = vector_parser(vector)
                 for chunk in chunks:
                     parser.feed(chunk)
                 usage = parser.finish(complete=True)

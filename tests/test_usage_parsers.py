@@ -26,7 +26,7 @@ from majordomo.usage import (
     make_usage_parser,
 )
 from majordomo.usage.openai import UsageChunkFilter, inject_include_usage, usage_from_body
-from tests.vectors import TOKEN_FIELDS, load_vector, vector_files
+from tests.vectors import TOKEN_FIELDS, load_vector, vector_files, vector_parser
 
 # The keys of a vector's "expected" that are Usage fields (or its property).
 USAGE_KEYS = (*TOKEN_FIELDS, "usage_status", "model", "uncached_input_tokens")
@@ -42,14 +42,7 @@ def load_vectors() -> list[tuple[str, dict[str, Any]]]:
 
 def parser_for(name: str, vector: dict[str, Any]) -> Any:
     """The parser the gateway would build for a vector's response."""
-    return make_usage_parser(
-        vector["provider"],
-        vector["request_path"],
-        status_code=vector["response_status"],
-        content_type=vector["response_content_type"],
-        request_model=vector["request_body"].get("model"),
-        usage_requested=not name.startswith("04_"),
-    )
+    return vector_parser(vector, usage_requested=not name.startswith("04_"))
 
 
 def run(parser: Any, body: bytes, chunks: list[int] | None = None, complete: bool = True) -> Usage:

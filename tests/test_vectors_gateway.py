@@ -54,7 +54,10 @@ class VectorReplayTests(GatewayTestCase):
         self.upstream.queue = [
             support.Canned(
                 status=vector["response_status"],
-                headers={"Content-Type": vector["response_content_type"]},
+                headers={
+                    "Content-Type": vector["response_content_type"],
+                    **(vector.get("response_headers") or {}),
+                },
                 chunks=_split(body, 5) if streamed else [body],
                 chunk_delay=0.002 if streamed else 0.0,
             )

@@ -14,7 +14,11 @@ import re
 from decimal import Decimal
 from typing import Any
 
+from twisted.web.http_headers import Headers
+
 from majordomo.pricing_sources import PRICE_FIELDS
+from majordomo.providers import served_tier
+from majordomo.usage import make_usage_parser
 
 VECTORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "vectors")
 OWN_VECTORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vectors")
@@ -86,4 +90,21 @@ def expected_costs(vector: dict[str, Any]) -> tuple[Decimal | None, ...]:
     exact = vector["expected_cost_usd_exact"]
     return tuple(
         None if exact[k] is None else Decimal(exact[k]) for k in ("input", "output", "total")
+    )
+
+
+def vector_parser(vector: dict[str, Any], usage_requested: bool = True) -> Any:
+    """
+    The usage parser the gateway builds for a vector's response, its
+    C{response_headers} (if any) included.
+    """
+    headers = Headers({k: [v] for k, v in (vector.get("response_headers") or {}).items()})
+    return make_usage_parser(
+        vector["provider"],
+        vector["request_path"],
+        status_code=vector["response_status"],
+        content_type=vector["response_content_type"],
+        request_model=vector["request_body"].get("model"),
+        usage_requested=usage_requested,
+        served_tier=served_tier(vector["provider"], headers),
     )

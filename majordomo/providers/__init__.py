@@ -41,6 +41,11 @@ _SECRET_QUERY_PARAMS = frozenset({"key", "api_key", "api-key"})
 # A value runs to the next "&" (where parse_qsl ends it) or the end.
 _PARAMETER_NAME = re.compile(r"[?&;#]([^=?&;#]*)(?:(=)|(?=&|$))")
 _VALUE_END = re.compile(r"&|$")
+# The response header in which a provider reports the service tier it served
+# a request at, where the body does not say (Gemini's Flex and Priority).
+_SERVED_TIER_HEADERS = {GEMINI: b"x-gemini-service-tier"}
+# A longer value names no tier the price book knows.
+_MAX_TIER_NAME = 64
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,20 @@ def provider_secret(provider: str, headers: dict[str, str], query: str) -> str |
         if name.lower() in _SECRET_QUERY_PARAMS and value:
             return value
     return None
+
+
+def served_tier(provider: str, headers: Headers) -> str | None:
+    """
+    The service tier C{provider} reported in its response C{headers}, if it
+    reports one there (Gemini: C{x-gemini-service-tier}; a priority request
+    may be served, and billed, at standard).
+    """
+    name = _SERVED_TIER_HEADERS.get(provider)
+    values = headers.getRawHeaders(name) if name else None
+    if not values:
+        return None
+    tier = values[-1].decode("latin-1").strip()
+    return tier if 0 < len(tier) <= _MAX_TIER_NAME else None
 
 
 def hash_secret(secret: str | None) -> str | None:

@@ -196,18 +196,24 @@ def checked_usage(usage: Usage) -> Usage:
 class CheckedUsageParser:
     """
     Wraps the parser of one response so that C{finish} returns only counts
-    PostgreSQL can store and prices can be applied to (L{checked_usage}).
-    Anything else asked of it is asked of the wrapped parser.
+    PostgreSQL can store and prices can be applied to (L{checked_usage}),
+    with C{served_tier} (reported outside the body) as the service tier when
+    the body names none.  Anything else asked of it is asked of the wrapped
+    parser.
     """
 
-    def __init__(self, parser: UsageParser) -> None:
+    def __init__(self, parser: UsageParser, served_tier: str | None = None) -> None:
         self.parser = parser
+        self.served_tier = served_tier
 
     def feed(self, data: bytes) -> None:
         self.parser.feed(data)
 
     def finish(self, complete: bool = True) -> Usage:
-        return checked_usage(self.parser.finish(complete))
+        usage = self.parser.finish(complete)
+        if usage.service_tier is None and self.served_tier:
+            usage = replace(usage, service_tier=self.served_tier)
+        return checked_usage(usage)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.parser, name)
@@ -413,6 +419,7 @@ def make_usage_parser(
     content_type: str,
     request_model: str | None,
     usage_requested: bool = True,
+    served_tier: str | None = None,
 ) -> UsageParser:
     """
     The parser for one upstream response.
@@ -420,13 +427,16 @@ def make_usage_parser(
     C{provider} is C{"openai"}, C{"azure"}, C{"anthropic"} or C{"gemini"};
     C{path} is the request path with its query string.  C{usage_requested} is
     False for an OpenAI stream whose request did not ask for usage (and the
-    gateway did not inject the request for it).  Endpoints that bill nothing
-    (model lists, token counting) get a parser that reads nothing.  Whatever
-    the provider sent, the usage it finishes with has storable counts
-    (L{CheckedUsageParser}).
+    gateway did not inject the request for it).  C{served_tier} is the
+    service tier a response header reported (Gemini's
+    C{x-gemini-service-tier}); it stands where the body names none.
+    Endpoints that bill nothing (model lists, token counting) get a parser
+    that reads nothing.  Whatever the provider sent, the usage it finishes
+    with has storable counts (L{CheckedUsageParser}).
     """
     return CheckedUsageParser(
-        _parser_for(provider, path, status_code, content_type, request_model, usage_requested)
+        _parser_for(provider, path, status_code, content_type, request_model, usage_requested),
+        served_tier,
     )
 
 
