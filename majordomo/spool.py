@@ -15,7 +15,10 @@ owner directory whose lock can be taken belongs to a dead process.
 
 Appends are plain C{write(2)} calls (the kernel has the bytes once it
 returns, so a crashed process loses nothing); there is no fsync on the
-request path.  Reading segments back is blocking and meant for a thread.
+request path.  The next segment's file is opened in advance, with the
+descriptor the sealed one gives back, so that a record is journaled even
+while the process is out of file descriptors.  Reading segments back is
+blocking and meant for a thread.
 """
 
 from __future__ import annotations
@@ -60,6 +63,9 @@ class Spool:
         self._seq = 0
         self._fd = -1
         self._current: Segment | None = None
+        # The next segment, opened in advance (-1 and "" when it could not be).
+        self._spare_fd = -1
+        self._spare_path = ""
 
     def open(self) -> list[Segment]:
         """
@@ -77,6 +83,7 @@ class Spool:
             adopted = self._adopt_orphans()
         except OSError as e:
             raise SpoolError(f"spool directory {self.directory} is not usable: {e}") from e
+        self._prepare()
         return adopted
 
     def _adopt_orphans(self) -> list[Segment]:
@@ -106,8 +113,13 @@ class Spool:
             except BlockingIOError:
                 return  # a live process owns it
             for segment_name in sorted(os.listdir(other)):
-                if segment_name.endswith(_SUFFIX):
-                    adopted.append(self._take(os.path.join(other, segment_name)))
+                path = os.path.join(other, segment_name)
+                if not segment_name.endswith(_SUFFIX):
+                    continue
+                if os.path.getsize(path) == 0:
+                    os.unlink(path)  # a segment opened in advance and never used
+                else:
+                    adopted.append(self._take(path))
             os.unlink(os.path.join(other, "lock"))
             os.rmdir(other)
         finally:
@@ -127,15 +139,31 @@ class Spool:
         self._seq += 1
         return os.path.join(self._owner_dir, f"{self._seq:012d}{_SUFFIX}")
 
+    def _open_segment(self) -> tuple[int, str]:
+        path = self._next_path()
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), path
+
+    def _prepare(self) -> None:
+        """Open the next segment now, if it is not open yet; failing is not an error yet."""
+        if self._spare_fd >= 0:
+            return
+        try:
+            self._spare_fd, self._spare_path = self._open_segment()
+        except OSError as e:
+            log.warn("Cannot open the next spool segment in advance: {error}", error=e)
+
     def append(self, line: bytes) -> None:
         """Journal one record (a JSON line ending in a newline)."""
         if self.size + len(line) > self.max_bytes:
             raise SpoolError(f"spool is full ({self.size} of {self.max_bytes} bytes)")
         try:
             if self._current is None:
-                path = self._next_path()
-                self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-                self._current = Segment(path, 0, 0)
+                if self._spare_fd >= 0:
+                    fd, path = self._spare_fd, self._spare_path
+                    self._spare_fd, self._spare_path = -1, ""
+                else:
+                    fd, path = self._open_segment()
+                self._fd, self._current = fd, Segment(path, 0, 0)
             written = os.write(self._fd, line)
         except OSError as e:
             raise SpoolError(f"cannot write to the spool: {e}") from e
@@ -146,7 +174,15 @@ class Spool:
         self.size += written
 
     def seal(self) -> Segment | None:
-        """Close the current segment (if any records went into it) and return it."""
+        """
+        Close the current segment (if any records went into it) and return
+        it; its descriptor opens the next segment at once.
+        """
+        segment = self._close_current()
+        self._prepare()
+        return segment
+
+    def _close_current(self) -> Segment | None:
         segment, self._current = self._current, None
         if segment is not None:
             os.close(self._fd)
@@ -165,7 +201,12 @@ class Spool:
 
     def close(self) -> None:
         """Close files and release the owner directory (segments stay for the next run)."""
-        self.seal()
+        self._close_current()
+        if self._spare_fd >= 0:
+            os.close(self._spare_fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._spare_path)
+            self._spare_fd, self._spare_path = -1, ""
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1

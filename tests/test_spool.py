@@ -2,13 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+import resource
+from collections.abc import Iterator
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from majordomo.spool import Spool, SpoolError, read_segment
+
+
+@contextlib.contextmanager
+def out_of_descriptors() -> Iterator[None]:
+    """
+    Within the block the process has no file descriptor left: its soft
+    limit is lowered to what it has open, plus a few taken on /dev/null.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard))
+    taken = []
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                taken.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for fd in taken:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def line(n: int) -> bytes:
@@ -46,6 +69,39 @@ class SpoolTests(SynchronousTestCase):
         with self.assertRaises(SpoolError):
             self.spool.append(line(3))
         self.assertFalse(self.spool.writable())
+
+    def test_out_of_descriptors(self) -> None:
+        """
+        With every file descriptor taken, a record still reaches a new
+        segment: it was opened in advance when the last one was sealed.
+        """
+        self.spool.append(line(1))
+        self.assertIsNotNone(self.spool.seal())
+        with out_of_descriptors():
+            self.assertRaises(OSError, os.open, os.devnull, os.O_RDONLY)
+            self.spool.append(line(2))
+            segment = self.spool.seal()
+        assert segment is not None
+        self.assertEqual(read_segment(segment), [json.dumps({"id": 2})])
+
+    def test_spare_segment_not_replayed(self) -> None:
+        """The segment opened in advance is left empty on disk; adoption removes it."""
+        self.spool.append(line(1))
+        self.spool.seal()
+        owner = os.listdir(self.directory)
+        self.assertEqual(len(owner), 1)
+        files = sorted(os.listdir(os.path.join(self.directory, owner[0])))
+        self.assertEqual(len([name for name in files if name.endswith(".jsonl")]), 2)
+        crashed = Spool(self.directory, max_bytes=10_000)
+        # A second spool adopts nothing from a live owner; once the first is
+        # closed, it finds only the sealed segment (the spare was removed).
+        self.assertEqual(crashed.open(), [])
+        self.spool.close()
+        later = Spool(self.directory, max_bytes=10_000)
+        adopted = later.open()
+        self.addCleanup(later.close)
+        crashed.close()
+        self.assertEqual([segment.records for segment in adopted], [1])
 
     def test_unusable_directory(self) -> None:
         """A spool directory that cannot be created is one clear error."""
