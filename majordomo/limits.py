@@ -287,6 +287,19 @@ class BoundedRequest(server.Request):
         self._stop_body_timer()
         super().connectionLost(reason)
 
+    def _handleStar(self) -> None:
+        """
+        The asterisk-form target (C{OPTIONS *}) goes to the gateway's
+        resources like any other, to be refused there with its row, instead
+        of getting twisted.web's own empty answer that no row records.
+        """
+        site = self.site
+        assert site is not None  # process() has set it
+        try:
+            self.render(site.getResourceFor(self))
+        except BaseException:
+            self.processingFailed(Failure())
+
     def _body_too_slow(self) -> None:
         self._body_timer = None
         self._reject(

@@ -162,10 +162,12 @@ class RequestTargetTests(_Gateway):
                     sent += 1
                     self.assertEqual(response.status, 400, (provider, target))
                     _assert_error_format(self, provider, response.body, target)
-            # twisted.web answers the asterisk-form itself, before any resource.
+            # The asterisk-form is refused like any other non-origin target.
             for method in (b"POST", b"OPTIONS"):
                 response = await self.send(b"*", method=method)
-                self.assertIn(response.status, (200, 405))
+                sent += 1
+                self.assertEqual(response.status, 400, method)
+                _assert_error_format(self, "openai", response.body, b"*")
             self.assertEqual(self.trap.received, [])
             self.assertEqual(self.upstream.received, [])
             rows = await self.rows(sent)
