@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -49,6 +49,11 @@ MAX_HEADER_LINES = 256
 DEFAULT_HEAD_TIMEOUT = 30.0  # seconds; server.head_timeout
 HEAD_TOO_LARGE = 431  # RFC 6585; twisted.web names neither the code nor its phrase
 _REASONS = {**http.RESPONSES, HEAD_TOO_LARGE: b"Request Header Fields Too Large"}
+# After a refusal the rest of the request is read and dropped for this long,
+# up to this much, before the connection closes (a lingering close): closing
+# with the client's bytes unread resets the connection under its writes.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 64 * 1024 * 1024
 
 # Called once per rejected request with (request_headers, method, path, status,
 # message).  The path is the raw request target: redact it before storing it.
@@ -121,8 +126,13 @@ class BoundedChannel(http.HTTPChannel):
     _head_timer: IDelayedCall | None = None
     _arriving = False  # a request head or body is arriving: its own timer runs
     _refused = False
+    _lingering: IDelayedCall | None = None  # refused: reading what is left, to drop it
+    _dropped = 0
 
     def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            self._drop(data)
+            return
         if data and not self._arriving and self.line_mode and not self._handlingRequest:
             self._arriving = True
             limits: BoundedRequestFactory = self.requestFactory
@@ -144,7 +154,35 @@ class BoundedChannel(http.HTTPChannel):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_head_timer()
+        if self._lingering is not None and self._lingering.active():
+            self._lingering.cancel()
         super().connectionLost(reason)
+
+    def _linger(self, transport: Any, clock: IReactorTime) -> None:
+        """
+        Send the answer and end our side of the connection, but go on
+        reading (and dropping) what the client still sends, for up to
+        L{LINGER_SECONDS} and L{LINGER_BYTES}: a client busy uploading its
+        body then finishes and reads its answer instead of being reset.
+        """
+        half_close = getattr(transport, "loseWriteConnection", None)
+        if half_close is None:
+            self.loseConnection()
+            return
+        half_close()
+        self._lingering = clock.callLater(LINGER_SECONDS, transport.loseConnection)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._refused:
+            self._drop(data)
+        else:
+            super().rawDataReceived(data)
+
+    def _drop(self, data: bytes) -> None:
+        """Bytes that arrive after a refusal: dropped, within the lingering bounds."""
+        self._dropped += len(data)
+        if self._dropped > LINGER_BYTES and self.transport is not None:
+            cast(ITCPTransport, self.transport).abortConnection()
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._head_too_large()
@@ -210,10 +248,13 @@ class BoundedChannel(http.HTTPChannel):
             b"Connection: close\r\n\r\n%s"
             % (status, _REASONS.get(status, b"Error"), len(body), body)
         )
-        self.loseConnection()  # stops reading: the rest of the request is never read
+        # Nothing more of this connection is parsed: the line parser hands
+        # the rest of this read, and every later one, to rawDataReceived.
+        self.setRawMode()
+        limits: BoundedRequestFactory = self.requestFactory
+        self._linger(transport, limits.clock)
         # A client that does not read its answer is cut off (twisted.web's own
         # idle timeout does the same); connectionLost cancels this.
-        limits: BoundedRequestFactory = self.requestFactory
         self._abortingCall = limits.clock.callLater(self.abortTimeout, self.forceAbortClient)
         log.info(
             "Rejected {method} {path} from {client}: {status} {message}",

@@ -6,9 +6,10 @@ gets 408, and everything within the limits reaches the proxy unchanged.
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
-from twisted.internet import defer, protocol, reactor, task
+from twisted.internet import defer, protocol, reactor, task, threads
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -16,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from majordomo.limits import limit_request_bodies
+from majordomo.limits import LINGER_BYTES, LINGER_SECONDS, limit_request_bodies
 from tests import support
 from tests.gateway_case import GatewayTestCase
 
@@ -196,6 +197,40 @@ class WireLimitTests(GatewayTestCase):
             self.assertEqual(headers["connection"], "close")
             self.assertIn("message", json.loads(body)["error"])
             self.assertEqual(self.upstream.received, [])
+
+        return support.as_deferred(go())
+
+    def test_413_survives_a_client_still_sending(self) -> defer.Deferred[None]:
+        """
+        A client that sends its whole oversized body (as an SDK uploading a
+        file does) before it reads the answer still gets the 413, with no
+        error while sending: the gateway reads and drops the rest for a while
+        (a lingering close) instead of closing at once, which resets the
+        connection under the client's writes (an SDK then reports a
+        connection error, never the 413).
+        """
+        port = self.gateway.port.getHost().port
+        size = 8 * 1024 * 1024
+        head = _head("/v1/chat/completions", self.key, f"Content-Length: {size}")
+
+        def upload_then_read() -> tuple[str, bytes]:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(head)
+                try:
+                    for _ in range(size // 65536):
+                        sock.sendall(b"x" * 65536)
+                except OSError as e:
+                    return f"sending failed: {e}", b""
+                received = b""
+                while chunk := sock.recv(65536):
+                    received += chunk
+                return "sent", received
+
+        async def go() -> None:
+            for _ in range(3):
+                sent, answer = await threads.deferToThread(upload_then_read)
+                self.assertEqual(sent, "sent")
+                self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer[:100])
 
         return support.as_deferred(go())
 
@@ -396,3 +431,57 @@ class RequestUnitTests(SynchronousTestCase):
         self.channel.dataReceived(b"POST /x HTTP/1.1\r\nContent-Length: 99\r\n\r\n")
         self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 413 "))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class HalfClosingTransport(StringTransport):
+    """A StringTransport that can end its writing side alone, as TCP can."""
+
+    write_closed = False
+    aborted = False
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        self.loseConnection()
+
+
+class LingeringCloseTests(SynchronousTestCase):
+    """After a refusal the rest of the request is read and dropped, within bounds."""
+
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.resource = Echo()
+        site = Site(self.resource, timeout=None)
+        limit_request_bodies(site, 10, 5.0, self.clock, None)
+        self.channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        self.transport = HalfClosingTransport()
+        self.channel.makeConnection(self.transport)
+        self.channel.dataReceived(
+            b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 999999999\r\n\r\nxxxx"
+        )
+
+    def test_answer_then_half_close(self) -> None:
+        """The 413 is written, our side ends, and the connection is not closed yet."""
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 413 "))
+        self.assertTrue(self.transport.write_closed)
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_rest_dropped_then_closed(self) -> None:
+        """What the client still sends is dropped, never parsed; the clock then closes."""
+        answer = self.transport.value()
+        self.channel.dataReceived(b"GET / HTTP/1.1\r\n\r\n" + b"x" * 65536)
+        self.assertEqual((self.transport.value(), self.resource.bodies), (answer, []))
+        self.clock.advance(LINGER_SECONDS)
+        self.assertTrue(self.transport.disconnecting)
+        self.assertFalse(self.transport.aborted)
+
+    def test_too_much_aborted(self) -> None:
+        """A client that sends more than LINGER_BYTES after its refusal is cut off."""
+        chunk = b"x" * (1024 * 1024)
+        for _ in range(LINGER_BYTES // len(chunk) - 1):
+            self.channel.dataReceived(chunk)
+        self.assertFalse(self.transport.aborted)
+        self.channel.dataReceived(chunk * 2)
+        self.assertTrue(self.transport.aborted)
