@@ -28,7 +28,6 @@ PG_HOST = os.environ.get("MAJORDOMO_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("MAJORDOMO_TEST_PG_PORT", "5432"))
 PG_USER = os.environ.get("MAJORDOMO_TEST_PG_USER", "postgres")
 TEST_DATABASE = os.environ.get("MAJORDOMO_TEST_DATABASE", f"majordomo_test_{os.getpid()}")
-SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared")
 MAJORDOMO_BIN = os.path.join(os.path.dirname(sys.executable), "majordomo")
 TWISTD_BIN = os.path.join(os.path.dirname(sys.executable), "twistd")
 

@@ -1,5 +1,5 @@
 """
-Tests for L{majordomo.pricing} and L{majordomo.pricing_sources}: the shared cost
+Tests for L{majordomo.pricing} and L{majordomo.pricing_sources}: the cost
 vectors, the bundled table, model matching, overrides and remote price data.
 """
 
@@ -56,10 +56,10 @@ def costs(cost: Cost) -> tuple[Decimal | None, ...]:
 
 
 class VectorTests(SynchronousTestCase):
-    """Every test vector (the shared ones and ours) is priced exactly as it expects."""
+    """Every test vector in tests/vectors is priced exactly as it expects."""
 
     def test_vectors_present(self) -> None:
-        """The shared vectors are where CI keeps them: missing vectors fail, never skip."""
+        """The vectors ship in tests/vectors: missing vectors fail, never skip."""
         self.assertTrue(os.path.isdir(VECTORS), f"no test vectors at {VECTORS}")
         self.assertGreaterEqual(len(vector_files()), 24)
 

@@ -1,5 +1,5 @@
 """
-Every recorded case in ../shared/vectors replayed through the running gateway:
+Every recorded case in tests/vectors replayed through the running gateway:
 a fake provider on loopback answers with the case's exact bytes (streams in
 several TCP writes), the case's prices are loaded as overrides, and the stored
 row must hold the case's tokens, usage status and exact costs.

@@ -1,8 +1,7 @@
 """
-The usage/cost vectors: the shared ones (../shared/vectors) and the project's
-own (tests/vectors, same format, numbered apart: see its README.md).  Locating,
-loading, and turning their C{prices_used} into price overrides.  Missing
-vectors fail the tests that need them; they never skip.
+The usage/cost vectors in C{tests/vectors} (their format: its README.md).
+Locating, loading, and turning their C{prices_used} into price overrides.
+Missing vectors fail the tests that need them; they never skip.
 """
 
 from __future__ import annotations
@@ -20,8 +19,11 @@ from majordomo.pricing_sources import PRICE_FIELDS
 from majordomo.providers import served_tier
 from majordomo.usage import make_usage_parser
 
-VECTORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "vectors")
-OWN_VECTORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vectors")
+VECTORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vectors")
+# The cases numbered 01-99 came with the usage spec the project started from;
+# the project's own (101 and up) sit in the same directory, numbered apart.
+OWN_VECTORS = VECTORS
+FIRST_OWN_NUMBER = 101
 TOKEN_FIELDS = (
     "input_tokens",
     "cached_tokens",
@@ -39,19 +41,25 @@ TOKEN_FIELDS = (
 
 def vector_files() -> list[str]:
     """
-    Every vector file, the shared ones and ours, in order of their number
-    (the two sets are numbered apart); an AssertionError if a directory is
-    missing or two files share a name.
+    Every vector file, in order of its number; an AssertionError if the
+    directory is missing or holds none.
     """
-    paths = []
-    for directory in (VECTORS, OWN_VECTORS):
-        if not os.path.isdir(directory):
-            raise AssertionError(f"test vectors not found at {os.path.abspath(directory)}")
-        paths.extend(glob.glob(os.path.join(directory, "*.json")))
-    names = [os.path.basename(path) for path in paths]
-    if len(set(names)) != len(names):
-        raise AssertionError(f"two vector files share a name: {sorted(names)}")
+    paths = glob.glob(os.path.join(VECTORS, "*.json"))
+    if not paths:
+        raise AssertionError(f"test vectors not found at {VECTORS}")
     return sorted(paths, key=os.path.basename)
+
+
+def own_vector_files() -> list[str]:
+    """
+    The project's own vectors (numbered from L{FIRST_OWN_NUMBER}: service
+    tiers, retired models, background answers), in order of their number.
+    """
+    return [
+        path
+        for path in vector_files()
+        if int(os.path.basename(path).split("_", 1)[0]) >= FIRST_OWN_NUMBER
+    ]
 
 
 def load_vector(path: str) -> dict[str, Any]:
