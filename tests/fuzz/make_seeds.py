@@ -1,6 +1,6 @@
 """
 Writes the seed corpora in C{seeds/}, one directory per target, mostly from
-the usage vectors (real provider answers: C{tests.vectors}).  The
+the usage vectors (provider answers in their real shapes: C{tests.vectors}).  The
 seeds are committed: the tests and the targets read only C{seeds/}, never the
 vectors.  Run it again when the vectors or an input format change:
 
@@ -28,7 +28,7 @@ AZURE_CHAT = "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21
 
 
 def vectors() -> dict[str, dict[str, Any]]:
-    """The shared vectors and our own (C{tests/vectors}), by name."""
+    """Every vector in C{tests/vectors}, by name."""
     return {os.path.basename(path)[:-5]: load_vector(path) for path in vector_files()}
 
 
