@@ -59,12 +59,16 @@ def check_redacted(path: str) -> None:
         )
     _, mark, after = path.partition("?")
     found = SECRET_PARAM.findall(mark + after)
-    rest = unquote(SECRET_PARAM.sub("", mark + after))
+    raw_rest = SECRET_PARAM.sub("", mark + after)
+    rest = unquote(raw_rest)
     for value in found:
+        # A value that also occurs elsewhere in the path (in another name,
+        # raw or decoded: "k%65yCR3T" holds "5yCR3T") cannot be told apart.
         hidden = (
             value.isalnum()
             and len(value) >= 4
             and value not in "REDACTED"
+            and value not in raw_rest
             and value not in rest
             and value not in unquote_plus(rest)
             and value not in path.partition("?")[0]
