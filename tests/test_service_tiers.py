@@ -28,7 +28,7 @@ from majordomo.pricing_sources import (
 )
 from majordomo.usage import COMPLETE, Usage
 from tests.test_cli import majordomo
-from tests.vectors import OWN_VECTORS, TOKEN_FIELDS, load_vector, vector_files, vector_parser
+from tests.vectors import TOKEN_FIELDS, load_vector, own_vector_files, vector_parser
 
 
 def per_million(value: str) -> Decimal:
@@ -479,7 +479,7 @@ class OwnVectorUsageTests(SynchronousTestCase):
 
     def test_usage(self) -> None:
         """Whole and byte by byte, each of tests/vectors gives its expected usage."""
-        own = [p for p in vector_files() if os.path.dirname(p) == OWN_VECTORS]
+        own = own_vector_files()
         self.assertGreaterEqual(len([p for p in own if "/10" in p]), 9)
         for path in own:
             vector = load_vector(path)
