@@ -10,7 +10,7 @@ Before it listens, the service makes what running out of file descriptors
 under load must not break: the soft RLIMIT_NOFILE raised to the hard limit
 (L{majordomo.fdlimit}), the imports requests would make on first use
 (L{majordomo.preload}), the configured providers' endpoints; and it listens
-on a port that backs off when it cannot accept (L{majordomo.listening}).
+on a port that backs off when it cannot accept (L{majordomo.web.listening}).
 """
 
 from __future__ import annotations
@@ -32,20 +32,20 @@ from majordomo import providers
 from majordomo.bodies import make_body_store
 from majordomo.config import Config
 from majordomo.db import Database
+from majordomo.db.keycache import KeyCache
+from majordomo.db.keys import KeyStore
 from majordomo.fdlimit import DescriptorWatch, raise_open_files_limit
-from majordomo.health import Health, Ready
-from majordomo.keycache import KeyCache
-from majordomo.keys import KeyStore
-from majordomo.limits import limit_request_bodies
-from majordomo.listening import adopt_port, listen_tcp
-from majordomo.logwriter import LogWriter
-from majordomo.metrics import GatewayMetrics, MetricsResource
+from majordomo.ledger.spool import Spool, SpoolError
+from majordomo.ledger.writer import LogWriter
 from majordomo.preload import load_lazy_imports
-from majordomo.pricing_refresh import PricingService
-from majordomo.pricing_show import configured_book
-from majordomo.proxy import Gateway, ProxyResource
-from majordomo.spool import Spool, SpoolError
-from majordomo.upstream import UpstreamClient
+from majordomo.pricing import configured_book
+from majordomo.pricing.refresh import PricingService
+from majordomo.web.health import Health, Ready
+from majordomo.web.limits import limit_request_bodies
+from majordomo.web.listening import adopt_port, listen_tcp
+from majordomo.web.metrics import GatewayMetrics, MetricsResource
+from majordomo.web.proxy import Gateway, ProxyResource
+from majordomo.web.upstream import UpstreamClient
 
 log = Logger()
 

@@ -15,8 +15,8 @@ from twisted.protocols import portforward
 from twisted.trial.unittest import TestCase
 
 from majordomo.db import Database
-from majordomo.keycache import LISTENER_APPLICATION_NAME, KeyCache
-from majordomo.keys import KEYS_CHANNEL, KeyStore, generate_key, hash_key
+from majordomo.db.keycache import LISTENER_APPLICATION_NAME, KeyCache
+from majordomo.db.keys import KEYS_CHANNEL, KeyStore, generate_key, hash_key
 from tests import support
 
 

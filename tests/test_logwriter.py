@@ -20,12 +20,12 @@ from twisted.protocols import portforward
 from twisted.trial.unittest import TestCase
 
 from majordomo.db import Database
+from majordomo.db.keys import hash_key
 from majordomo.ids import uuid7
-from majordomo.keys import hash_key
-from majordomo.logwriter import LogWriter, encode_record
+from majordomo.ledger.record import RequestRecord
+from majordomo.ledger.spool import Spool
+from majordomo.ledger.writer import LogWriter, encode_record
 from majordomo.pricing import Cost
-from majordomo.record import RequestRecord
-from majordomo.spool import Spool
 from majordomo.usage import COMPLETE, ERROR_NOT_BILLED, Usage
 from tests import support
 

@@ -1,5 +1,5 @@
 """
-Tests for L{majordomo.pricing} and L{majordomo.pricing_sources}: the cost
+Tests for L{majordomo.pricing} and L{majordomo.pricing.sources}: the cost
 vectors, the bundled table, model matching, overrides and remote price data.
 """
 
@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from majordomo import pricing
 from majordomo.pricing import BUNDLED_VERSION, Cost, PriceBook, describe
-from majordomo.pricing_sources import (
+from majordomo.pricing.sources import (
     ModelPrice,
     PriceTier,
     PricingError,

@@ -18,7 +18,7 @@ from zope.interface import provider
 
 from majordomo import pricing
 from majordomo.pricing import PriceBook, describe
-from majordomo.pricing_sources import (
+from majordomo.pricing.sources import (
     ModelPrice,
     PricingError,
     load_bundled,

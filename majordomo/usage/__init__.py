@@ -21,8 +21,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
-from majordomo.json_members import TopLevelMembers
-from majordomo.sse import JSONArrayParser, SSEEvent, SSEParser
+from majordomo.usage.json_members import TopLevelMembers
+from majordomo.usage.sse import JSONArrayParser, SSEEvent, SSEParser
 
 # usage_status values (USAGE-SPEC.md section 1, plus "unparseable" for a body
 # the parser could not read at all, "invalid_usage" for a usage object whose

@@ -16,8 +16,8 @@ from datetime import date
 from typing import Any
 
 from majordomo.db import Database
+from majordomo.ledger.record import TOKEN_COLUMNS
 from majordomo.pricing import Cost, PriceBook
-from majordomo.record import TOKEN_COLUMNS
 from majordomo.usage import Usage
 
 PAGE_SIZE = 1000

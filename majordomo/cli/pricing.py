@@ -7,7 +7,7 @@ from typing import TextIO
 
 from majordomo import providers
 from majordomo.config import Config
-from majordomo.pricing import PriceBook, describe, load_overrides_file
+from majordomo.pricing import configured_book, describe
 
 
 def guess_provider(model: str) -> str:
@@ -18,14 +18,6 @@ def guess_provider(model: str) -> str:
     if name.startswith(("gemini", "gemma")):
         return providers.GEMINI
     return providers.OPENAI
-
-
-def configured_book(config: Config) -> PriceBook:
-    """The bundled table with the configured overrides file on top."""
-    book = PriceBook.bundled()
-    if config.pricing.overrides_file:
-        book = book.with_overrides(load_overrides_file(config.pricing.overrides_file))
-    return book
 
 
 def show_price(config: Config, model: str, provider: str | None, out: TextIO) -> int:

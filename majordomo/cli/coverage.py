@@ -27,10 +27,9 @@ from twisted.python import usage
 from majordomo.cli import _CommandOptions
 from majordomo.config import Config
 from majordomo.db import Database
-from majordomo.pricing import PriceBook
-from majordomo.pricing_retired import load_retired
-from majordomo.pricing_show import configured_book
-from majordomo.pricing_sources import (
+from majordomo.pricing import PriceBook, configured_book
+from majordomo.pricing.retired import load_retired
+from majordomo.pricing.sources import (
     PRICE_FIELDS,
     ModelPrice,
     PriceTables,

@@ -2,7 +2,7 @@
 """
 Full request and response bodies, kept where C{logging.body_storage} says:
 nowhere (C{none}), in the request's own row (C{postgres}), or in S3 as one
-gzip JSON object per request (C{s3}, see L{majordomo.bodies_s3}).
+gzip JSON object per request (C{s3}, see L{majordomo.bodies.s3}).
 
 The proxy hands every finished request to L{BodyStore.store} on the reactor
 thread, before its row is queued.  C{store} answers at once with the row's
@@ -234,13 +234,13 @@ def make_body_store(
     The body store C{logging.body_storage} asks for.  S3 bodies that cannot
     be uploaded wait under C{spool_dir/bodies/}, in at most
     C{storage.spool_max_bytes} of their own.  C{tuning} overrides
-    L{majordomo.bodies_s3.UploadTuning} fields (timings in tests).
+    L{majordomo.bodies.s3.UploadTuning} fields (timings in tests).
     """
     storage = config.logging.body_storage
     if storage == "postgres":
         return PostgresBodyStore(config.logging.max_body_size)
     if storage == "s3":
-        from majordomo.bodies_s3 import S3BodyStore, UploadTuning
+        from majordomo.bodies.s3 import S3BodyStore, UploadTuning
 
         tuning.setdefault("disk_bytes", config.storage.spool_max_bytes)
         return S3BodyStore(config.s3, spool_dir, reactor=reactor, tuning=UploadTuning(**tuning))

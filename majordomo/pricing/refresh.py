@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from majordomo.pricing import PriceBook
-from majordomo.pricing_sources import PricingError, RemotePrices, fetch_url, parse_remote_prices
+from majordomo.pricing.sources import PricingError, RemotePrices, fetch_url, parse_remote_prices
 
 log = Logger()
 

@@ -25,9 +25,9 @@ from twisted.python import usage
 from majordomo import __version__
 from majordomo.config import Config, ConfigError, load_config
 from majordomo.db import Database
-from majordomo.keys import ApiKey, KeyNotFound, KeyStore
+from majordomo.db.keys import ApiKey, KeyNotFound, KeyStore
+from majordomo.db.schema import apply_schema
 from majordomo.metadata import MetadataError, metadata_name
-from majordomo.schema import apply_schema
 
 
 class _CommandOptions(usage.Options):
@@ -151,8 +151,8 @@ class PricingShowOptions(_CommandOptions):
 
 
 def _coverage_options() -> usage.Options:
-    # Imported when used: majordomo.pricing_coverage builds on _CommandOptions above.
-    from majordomo.pricing_coverage import CoverageOptions
+    # Imported when used: majordomo.cli.coverage builds on _CommandOptions above.
+    from majordomo.cli.coverage import CoverageOptions
 
     return CoverageOptions()
 
@@ -222,14 +222,14 @@ class RepriceOptions(_CommandOptions):
 
 
 def _usage_options() -> usage.Options:
-    # Imported when used: majordomo.report builds on _CommandOptions above.
-    from majordomo.report import UsageOptions
+    # Imported when used: majordomo.cli.report builds on _CommandOptions above.
+    from majordomo.cli.report import UsageOptions
 
     return UsageOptions()
 
 
 async def _usage(reactor: Any, config: Config, options: Any, out: TextIO) -> int:
-    from majordomo.report import usage_command
+    from majordomo.cli.report import usage_command
 
     return await usage_command(reactor, config, options, out)
 
@@ -372,10 +372,10 @@ async def _db(reactor: Any, config: Config, options: Any, out: TextIO) -> int:
 
 
 async def _pricing(reactor: Any, config: Config, options: Any, out: TextIO) -> int:
-    from majordomo.pricing_show import show_price
+    from majordomo.cli.pricing import show_price
 
     if options.subCommand == "coverage":
-        from majordomo.pricing_coverage import coverage_command
+        from majordomo.cli.coverage import coverage_command
 
         return await coverage_command(reactor, config, options.subOptions, out)
 
@@ -383,8 +383,8 @@ async def _pricing(reactor: Any, config: Config, options: Any, out: TextIO) -> i
 
 
 async def _reprice(reactor: Any, config: Config, options: Any, out: TextIO) -> int:
-    from majordomo.pricing_show import configured_book
-    from majordomo.reprice import reprice
+    from majordomo.ledger.reprice import reprice
+    from majordomo.pricing import configured_book
 
     db = Database(config.storage.postgres, reactor=reactor, pool_size=1)
     try:
@@ -400,7 +400,7 @@ async def _reprice(reactor: Any, config: Config, options: Any, out: TextIO) -> i
 
 
 async def _metadata(reactor: Any, config: Config, options: Any, out: TextIO) -> int:
-    from majordomo.keys import MetadataRegistry
+    from majordomo.db.keys import MetadataRegistry
     from majordomo.metadata import distinct_estimate
 
     sub = options.subOptions

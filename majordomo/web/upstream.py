@@ -2,7 +2,7 @@
 """
 The HTTP client the proxy forwards with: Twisted's Agent on a persistent
 connection pool, asking providers for gzip and decoding it (so usage can be
-read from the body) in bounded slices (L{majordomo.decoding}).
+read from the body) in bounded slices (L{majordomo.web.decoding}).
 
 treq's request() does the same, plus URL parsing with hyperlink and
 Content-Type parsing with the email package on every call, which measured
@@ -17,7 +17,7 @@ each provider's endpoint once (at startup for the configured ones, with
 L{UpstreamClient.prepare}: building a TLS endpoint reads the trust roots,
 which must not fail for want of a file descriptor under load).
 
-Host names are resolved by L{majordomo.resolver}, whose every resolution
+Host names are resolved by L{majordomo.web.resolver}, whose every resolution
 ends: a failure inside the gateway fails the request at once instead of
 leaving it to wait for upstream.response_timeout.  Connections that fail for
 the gateway's own reasons (no descriptor free, the resolver broken) are
@@ -50,8 +50,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
-from majordomo.decoding import gzip_decoder
-from majordomo.resolver import answering_reactor
+from majordomo.web.decoding import gzip_decoder
+from majordomo.web.resolver import answering_reactor
 
 
 @implementer(IAgentEndpointFactory)

@@ -1,10 +1,10 @@
 # -*- test-case-name: tests.test_bodies -*-
 """
-Bodies waiting on local disk for S3 (step 3 of L{majordomo.bodies_s3}): one
+Bodies waiting on local disk for S3 (step 3 of L{majordomo.bodies.s3}): one
 file each under C{spool_dir/bodies/<owner>/}, holding the object's key and
 its gzip bytes, written whole or not at all.
 
-As in the record spool (L{majordomo.spool}), each process owns a directory
+As in the record spool (L{majordomo.ledger.spool}), each process owns a directory
 under an exclusive C{flock} and adopts those of dead processes when it
 starts; a byte limit keeps parked bodies from crowding out request records.
 """

@@ -29,7 +29,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from majordomo.record import TOKEN_COLUMNS
+from majordomo.ledger.record import TOKEN_COLUMNS
 from majordomo.usage import INVALID_USAGE, UNKNOWN, is_count
 
 REPLACEMENT = "\ufffd"

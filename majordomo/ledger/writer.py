@@ -3,8 +3,8 @@
 The batching writer: request records go to PostgreSQL in batches, never on
 the response path, and nothing a user paid for is lost on the way.
 
-Each record is made storable (L{majordomo.storable.row}: no value in it can
-make PostgreSQL refuse it) and journaled to the spool (L{majordomo.spool})
+Each record is made storable (L{majordomo.ledger.storable.row}: no value in it can
+make PostgreSQL refuse it) and journaled to the spool (L{majordomo.ledger.spool})
 when it is added, before the client sees the end of its response.  Records are grouped into
 batches of C{batch_size}, or whatever arrived within C{flush_interval}; each
 batch is one spool segment and ONE statement: the rows go in through
@@ -17,7 +17,7 @@ While PostgreSQL is away, batches wait, in order; at most C{memory_limit}
 records are held in memory, the rest only on disk (read back in a thread when
 their turn comes).  A batch PostgreSQL refuses for its content is written row
 by row, so one bad record cannot block the others; a row it still refuses is
-written again reduced to the gateway's own facts (L{majordomo.storable.reduced_row}),
+written again reduced to the gateway's own facts (L{majordomo.ledger.storable.reduced_row}),
 so the request keeps its row and its count, and only a row refused even so
 goes to C{rejected.jsonl} in the spool directory.
 """
@@ -36,9 +36,9 @@ from twisted.application import service
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
-from majordomo import storable
 from majordomo.db import Database, is_unavailable
-from majordomo.spool import Segment, Spool, SpoolError, read_segment
+from majordomo.ledger import storable
+from majordomo.ledger.spool import Segment, Spool, SpoolError, read_segment
 
 log = Logger()
 

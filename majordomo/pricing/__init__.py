@@ -2,7 +2,7 @@
 """
 The price book: which price applies to a request, and what the request cost.
 
-Prices come in layers (see L{majordomo.pricing_sources}): the bundled LiteLLM
+Prices come in layers (see L{majordomo.pricing.sources}): the bundled LiteLLM
 table, then prices fetched from a remote source, then the operator's overrides,
 each winning over the ones before it field by field.  Costs follow
 USAGE-SPEC.md section 8 in C{Decimal} USD; an unknown price or token count
@@ -15,13 +15,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
 from majordomo.logtext import printable
-from majordomo.pricing_retired import load_retired
-from majordomo.pricing_sources import (
+from majordomo.pricing.retired import load_retired
+from majordomo.pricing.sources import (
     ModelPrice,
     PriceTables,
     PriceTier,
@@ -31,15 +31,18 @@ from majordomo.pricing_sources import (
     price_fields,
     service_tier_name,
 )
-from majordomo.pricing_sources import load_overrides_file as load_overrides_file
+from majordomo.pricing.sources import load_overrides_file as load_overrides_file
 from majordomo.usage import ERROR_NOT_BILLED, Usage
+
+if TYPE_CHECKING:
+    from majordomo.config import Config
 
 log = Logger()
 
 # Names the bundled table in every cost it prices; change it with the data file.
 BUNDLED_VERSION = "litellm-1.110.2+majordomo-1"
 OVERRIDE_SOURCE = "override"
-# Names a retired model's last known price (majordomo.pricing_retired), the
+# Names a retired model's last known price (majordomo.pricing.retired), the
 # layer below the bundled table.
 RETIRED_SOURCE = "litellm-retired"
 
@@ -158,7 +161,7 @@ class PriceBook:
 
     C{tables} and C{remote} map price table (C{"openai"}, C{"azure"},
     C{"anthropic"}, C{"gemini"}) to normalised model id to L{ModelPrice}, as
-    the parsers in L{majordomo.pricing_sources} produce them.  C{retired}
+    the parsers in L{majordomo.pricing.sources} produce them.  C{retired}
     maps the (table, model id) entries of C{tables} that are retired models'
     last known prices to where and when each was last published.
     """
@@ -567,3 +570,11 @@ def describe(match: PriceMatch, provider: str) -> str:
         f"{' than ' + named if named else ''} has no price here (such requests get no cost)"
     )
     return "\n".join(lines)
+
+
+def configured_book(config: Config) -> PriceBook:
+    """The bundled table with the configured overrides file on top."""
+    book = PriceBook.bundled()
+    if config.pricing.overrides_file:
+        book = book.with_overrides(load_overrides_file(config.pricing.overrides_file))
+    return book

@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 
 from majordomo.config import PostgresConfig
 from majordomo.db import Connection, Database, Detector, reconnection_delays
-from majordomo.keys import KEYS_CHANNEL, ActiveKey, KeyStore
+from majordomo.db.keys import KEYS_CHANNEL, ActiveKey, KeyStore
 
 log = Logger()
 

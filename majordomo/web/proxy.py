@@ -30,9 +30,17 @@ from twisted.web.iweb import IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from majordomo import metadata, providers, request_fields, target
+from majordomo import metadata, providers
 from majordomo.bodies import Exchange
-from majordomo.headers import (
+from majordomo.db.keys import hash_key
+from majordomo.ids import uuid7
+from majordomo.ledger.record import CLIENT_CLOSED_REQUEST, RequestRecord
+from majordomo.logtext import failure_text, printable
+from majordomo.providers import request_fields
+from majordomo.usage import make_usage_parser
+from majordomo.usage.openai import UsageChunkFilter, inject_include_usage
+from majordomo.web import target
+from majordomo.web.headers import (
     NOT_FORWARDED,
     RepeatedHeader,
     forwardable,
@@ -40,15 +48,9 @@ from majordomo.headers import (
     header_map,
     single_value,
 )
-from majordomo.ids import uuid7
-from majordomo.keys import hash_key
-from majordomo.logtext import failure_text, printable
-from majordomo.metrics import GatewayMetrics
-from majordomo.record import CLIENT_CLOSED_REQUEST, RequestRecord
-from majordomo.relay import BodyRelay, ClientWatch
-from majordomo.upstream import UpstreamClient
-from majordomo.usage import make_usage_parser
-from majordomo.usage.openai import UsageChunkFilter, inject_include_usage
+from majordomo.web.metrics import GatewayMetrics
+from majordomo.web.relay import BodyRelay, ClientWatch
+from majordomo.web.upstream import UpstreamClient
 
 log = Logger()
 

@@ -15,13 +15,13 @@ The path of one body:
     2 s by default); the thread is free meanwhile.
  3. A body still not uploaded is I{parked}: written, by a disk thread, to
     C{spool_dir/bodies/<owner>/<n>.body} (its key, then the gzip bytes;
-    L{majordomo.parking}).
+    L{majordomo.bodies.parking}).
  4. Every C{retry_interval}, and as soon as any upload succeeds again,
     parked bodies are uploaded one by one (a failure ends that round) and
     each file is deleted once S3 has its object.
 
 Parked bodies outlive the process: as in the record spool
-(L{majordomo.spool}), each process owns a directory under an exclusive
+(L{majordomo.ledger.spool}), each process owns a directory under an exclusive
 C{flock} and adopts those of dead processes when it starts.  They take at
 most C{disk_bytes} (by default the record spool's own limit), so they never
 crowd out the request records.  When the disk refuses a body too, up to
@@ -46,8 +46,8 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from majordomo.bodies import Exchange, encode_document, object_key
+from majordomo.bodies.parking import CorruptParkedBody, ParkedBodies
 from majordomo.config import S3Config
-from majordomo.parking import CorruptParkedBody, ParkedBodies
 
 log = Logger()
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from majordomo.pricing_sources import (
+from majordomo.pricing.sources import (
     ModelPrice,
     PriceTables,
     PricingError,
