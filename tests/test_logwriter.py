@@ -25,7 +25,7 @@ from majordomo.ids import uuid7
 from majordomo.ledger.record import RequestRecord
 from majordomo.ledger.spool import Spool
 from majordomo.ledger.writer import LogWriter, encode_record
-from majordomo.pricing import Cost
+from majordomo.pricing.cost import Cost
 from majordomo.usage import COMPLETE, ERROR_NOT_BILLED, Usage
 from tests import support
 

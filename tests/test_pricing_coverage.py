@@ -17,7 +17,7 @@ from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from majordomo.cli.coverage import seen_query, table_model
-from majordomo.pricing.sources import ModelPrice, PriceTier
+from majordomo.pricing.prices import ModelPrice, PriceTier
 from tests import support
 from tests.test_cli import majordomo
 

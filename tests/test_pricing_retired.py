@@ -15,6 +15,8 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from majordomo.pricing import PriceBook
+from majordomo.pricing.litellm import parse_litellm
+from majordomo.pricing.prices import ModelPrice, PricingError
 from majordomo.pricing.retired import (
     RETIRED_FILE,
     RetiredPrices,
@@ -23,7 +25,6 @@ from majordomo.pricing.retired import (
     load_retired,
     parse_retired,
 )
-from majordomo.pricing.sources import ModelPrice, PricingError, parse_litellm
 from majordomo.usage import Usage
 from tests.vectors import TOKEN_FIELDS, expected_costs, load_vector, vector_files
 

@@ -24,7 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from majordomo.ledger import storable
 from majordomo.ledger.record import TOKEN_COLUMNS, RequestRecord
 from majordomo.ledger.writer import encode_record
-from majordomo.pricing import Cost
+from majordomo.pricing.cost import Cost
 from majordomo.usage import (
     COMPLETE,
     INVALID_USAGE,

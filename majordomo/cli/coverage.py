@@ -28,15 +28,9 @@ from majordomo.cli import _CommandOptions
 from majordomo.config import Config
 from majordomo.db import Database
 from majordomo.pricing import PriceBook, configured_book
+from majordomo.pricing.litellm import load_bundled
+from majordomo.pricing.prices import PRICE_FIELDS, ModelPrice, PriceTables, PriceTier, price_fields
 from majordomo.pricing.retired import load_retired
-from majordomo.pricing.sources import (
-    PRICE_FIELDS,
-    ModelPrice,
-    PriceTables,
-    PriceTier,
-    load_bundled,
-    price_fields,
-)
 from majordomo.usage import ERROR_NOT_BILLED
 
 _DATE = re.compile(r"\A\d{4}-\d{2}-\d{2}\Z")

@@ -1,5 +1,8 @@
 # -*- test-case-name: tests.test_cli -*-
-"""C{majordomo pricing show MODEL}: the price the gateway would use, and its source."""
+"""
+C{majordomo pricing show MODEL}: the price the gateway would use, and its
+sources, described for a person.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,83 @@ from typing import TextIO
 
 from majordomo import providers
 from majordomo.config import Config
-from majordomo.pricing import configured_book, describe
+from majordomo.pricing import configured_book
+from majordomo.pricing.prices import ModelPrice, PriceMatch, price_fields
+
+_LABELS = {
+    "input": "input",
+    "output": "output (incl. reasoning)",
+    "cached_input": "cache read",
+    "cache_write_5m": "cache write, 5 min TTL",
+    "cache_write_1h": "cache write, 1 h TTL",
+    "cache_write": "cache write",
+    "input_audio": "input audio",
+    "output_audio": "output audio",
+}
+_TIER_BASIS = {
+    "openai": "prompt tokens (cached and cache-write tokens included)",
+    "azure": "prompt tokens (cached and cache-write tokens included)",
+    "anthropic": "input tokens plus cache reads and writes",
+    "gemini": "promptTokenCount (cached included, tool-use prompt tokens not)",
+}
+
+
+def _price_lines(price: ModelPrice) -> list[str]:
+    """One line per known price, in USD per million tokens."""
+    return [
+        f"  {_LABELS[name]:<24} {value.scaleb(6).normalize():f}"
+        for name, value in price_fields(price).items()
+    ]
+
+
+def _tier_lines(price: ModelPrice, provider: str, indent: str = "") -> list[str]:
+    """The long-context tiers of C{price}, each with its prices."""
+    lines = []
+    for tier in price.tiers:
+        lines.append(
+            f"{indent}above {tier.above_input_tokens:,} {_TIER_BASIS[provider]}, "
+            "the whole request costs:"
+        )
+        lines.extend(indent + line for line in _price_lines(tier.price))
+    return lines
+
+
+def describe(match: PriceMatch, provider: str) -> str:
+    """A human description of a model's prices (USD per million) and their sources."""
+    how = {
+        "exact": "exact match",
+        "override": "operator override",
+        "snapshot_fallback": "snapshot fallback: this dated id is not priced, its base id is",
+    }[match.match_kind]
+    lines = [
+        f"{match.pricing_key} on {provider} ({how})",
+        f"source: {' over '.join(match.sources) or match.source}",
+    ]
+    if match.retired is not None:
+        lines.append(
+            "retired model: the current LiteLLM table no longer lists it, so this is its "
+            f"last known price ({match.retired})"
+        )
+    lines += ["USD per million tokens:", *_price_lines(match.price)]
+    if match.price.cached_input is None:
+        lines.append("  (no cache-read price: requests with cache reads get no cost)")
+    lines.extend(_tier_lines(match.price, provider))
+    for name, price in match.price.service_tiers:
+        lines.append(f'at service tier "{name}" (as the answer reports it), instead:')
+        lines.extend(_price_lines(price))
+        lines.extend(_tier_lines(price, provider, "  "))
+        for tier in match.price.tiers:
+            if price.tier_above(tier.above_input_tokens) is None:
+                lines.append(
+                    f"  above {tier.above_input_tokens:,} {_TIER_BASIS[provider]}: "
+                    "no price at this tier (such requests get no cost)"
+                )
+    named = ", ".join(f'"{name}"' for name, _ in match.price.service_tiers)
+    lines.append(
+        f"service tier default/standard (or none reported): the prices above; any other"
+        f"{' than ' + named if named else ''} has no price here (such requests get no cost)"
+    )
+    return "\n".join(lines)
 
 
 def guess_provider(model: str) -> str:

@@ -17,7 +17,8 @@ from typing import Any
 
 from majordomo.db import Database
 from majordomo.ledger.record import TOKEN_COLUMNS
-from majordomo.pricing import Cost, PriceBook
+from majordomo.pricing import PriceBook
+from majordomo.pricing.cost import Cost
 from majordomo.usage import Usage
 
 PAGE_SIZE = 1000

@@ -24,14 +24,9 @@ from typing import Any
 
 import yaml
 
-from majordomo.pricing.sources import (
-    ModelPrice,
-    PriceTables,
-    PricingError,
-    normalise_model,
-    parse_litellm,
-    parse_overrides,
-)
+from majordomo.pricing.litellm import parse_litellm
+from majordomo.pricing.overrides import parse_overrides
+from majordomo.pricing.prices import ModelPrice, PriceTables, PricingError, normalise_model
 
 RETIRED_FILE = "data/litellm-retired-prices.json"
 CORRECTIONS_FILE = "data/retired-corrections.yaml"
