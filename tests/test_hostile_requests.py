@@ -24,7 +24,7 @@ from majordomo.db.keys import KeyStore
 from majordomo.providers import request_fields
 from majordomo.service import GatewayService
 from majordomo.usage.openai import inject_include_usage
-from majordomo.web import proxy
+from majordomo.web import request_log
 from tests import raw_http, support
 
 CHAT = b"/v1/chat/completions"
@@ -396,14 +396,14 @@ class UnpricedWarningTests(SynchronousTestCase):
         warned: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(warned.append)
         self.addCleanup(globalLogPublisher.removeObserver, warned.append)
-        resource = proxy.ProxyResource(None)  # type: ignore[arg-type]
+        unpriced = request_log.UnpricedModels()
         for i in range(1500):
-            resource._note_unpriced("openai", f"{i:05d}" + "m" * 50_000)
-        resource._note_unpriced("openai", "00001" + "m" * 50_000)
-        self.assertEqual(len(resource.unpriced), proxy.MAX_UNPRICED_MODELS)
-        self.assertEqual(resource.unpriced["openai", "00001" + "m" * 195], 2)
-        warnings = [e for e in warned if e.get("log_namespace") == "majordomo.web.proxy"]
-        self.assertEqual(len(warnings), proxy.MAX_UNPRICED_MODELS + 1)
+            unpriced.note("openai", f"{i:05d}" + "m" * 50_000)
+        unpriced.note("openai", "00001" + "m" * 50_000)
+        self.assertEqual(len(unpriced.counts), request_log.MAX_UNPRICED_MODELS)
+        self.assertEqual(unpriced.counts["openai", "00001" + "m" * 195], 2)
+        warnings = [e for e in warned if e.get("log_namespace") == request_log.log.namespace]
+        self.assertEqual(len(warnings), request_log.MAX_UNPRICED_MODELS + 1)
         self.assertLess(max(len(e.get("model", "")) for e in warnings), 300)
 
 

@@ -1,81 +1,66 @@
 # -*- test-case-name: tests.test_gateway -*-
 """
-The reverse proxy: authenticate, pick the provider, forward with treq, stream
-the answer back chunk by chunk while the usage parser reads along, then hand
-one record per request to the log writer.
+The reverse proxy: admit the request (L{majordomo.web.admission}), ask a
+stream for its usage (L{majordomo.web.rewrite}), forward it with treq,
+stream the answer back chunk by chunk while the usage parser reads along
+(L{majordomo.web.relay}), then hand one record per request to the log
+writer.  Each step is a method of L{ProxyResource}, in the order
+L{ProxyResource._async_render} runs them.
 
 The response never waits on the database: the record is queued when the last
 byte has been sent.
 
 Every request with a valid key gets its row, refused ones included (an
 unknown provider, a request target or metadata the gateway does not
-forward).  Caller and provider text reaches a log line only escaped
-(L{majordomo.logtext}), and paths only redacted.
+forward): admission raises one L{Refusal}, answered in one place
+(L{ProxyResource._send_refusal}) in the provider's error format.  Caller and
+provider text reaches a log line only escaped (L{majordomo.logtext}), and
+paths only redacted.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
 
-from twisted.internet import defer, error
-from twisted.internet.error import ConnectError, ConnectionRefusedError, DNSLookupError
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from majordomo import metadata, providers
+from majordomo import providers
 from majordomo.bodies import Exchange
 from majordomo.db.keys import hash_key
-from majordomo.ids import uuid7
-from majordomo.ledger.record import CLIENT_CLOSED_REQUEST, RequestRecord
+from majordomo.ledger.record import RequestRecord
 from majordomo.logtext import failure_text, printable
-from majordomo.providers import request_fields
-from majordomo.usage import make_usage_parser
-from majordomo.usage.openai import UsageChunkFilter, inject_include_usage
-from majordomo.web import target
-from majordomo.web.headers import (
-    NOT_FORWARDED,
-    RepeatedHeader,
-    forwardable,
-    header_list,
-    header_map,
-    single_value,
-)
+from majordomo.usage import Usage, make_usage_parser
+from majordomo.usage.openai import UsageChunkFilter
+from majordomo.web import admission, upstream_failure
+from majordomo.web.admission import Admitted, Arrival, Refusal
+from majordomo.web.headers import NOT_FORWARDED, forwardable, header_list
 from majordomo.web.metrics import GatewayMetrics
 from majordomo.web.relay import BodyRelay, ClientWatch
+from majordomo.web.request_log import UnpricedModels, log_request
+from majordomo.web.rewrite import USAGE_ON_REQUEST_PROVIDERS, UsageRewrite, usage_rewrite
 from majordomo.web.upstream import UpstreamClient
 
 log = Logger()
 
-# Streams on these paths carry usage only when asked (stream_options.include_usage).
-_USAGE_ON_REQUEST_PATHS = ("/chat/completions", "/completions")
-# Azure rejects stream_options before this api-version (USAGE-SPEC.md 2.7).
-_AZURE_STREAM_OPTIONS_SINCE = "2024-09-01"
-# Distinct (provider, model) pairs warned about as having no price; the
-# counts that matter are in /metrics.  Model names are cut to this length.
-MAX_UNPRICED_MODELS = 1000
-_UNPRICED_NAME_LIMIT = 200
-# Characters of a path kept in a log line.
-_LOGGED_PATH_LIMIT = 500
 
+@dataclass(frozen=True)
+class _Relayed:
+    """An upstream answer relayed to the client: what it used and how it ended."""
 
-def _may_ask_for_usage(provider: str, path: str, query: str) -> bool:
-    """Whether the gateway may add stream_options.include_usage to this request."""
-    if provider not in (providers.OPENAI, providers.AZURE):
-        return False
-    if not path.endswith(_USAGE_ON_REQUEST_PATHS):
-        return False
-    if provider == providers.AZURE:
-        version = dict(parse_qsl(query)).get("api-version", "")
-        return version[:10] >= _AZURE_STREAM_OPTIONS_SINCE
-    return True
+    status_code: int
+    stream: bool
+    usage: Usage
+    complete: bool  # the whole body reached the client
+    error_message: str | None
+    captured: bytes  # for body storage
+    ended: float  # when the upstream's last byte arrived
 
 
 @dataclass
@@ -96,45 +81,6 @@ class Gateway:
     body_capture_limit: int = 32 * 1024 * 1024
 
 
-def _log_request(row: dict[str, Any]) -> None:
-    """
-    One line per request: what it was, what it used, what it cost.  No secrets.
-
-    The text is made here with an f-string: twisted.logger's format-string
-    machinery took 4% of the gateway's CPU for this line.  The fields stay on
-    the event for JSON logs.
-    """
-    fields = {field: row.get(field) for field in _LOGGED_FIELDS}
-    for field in _CALLER_TEXT_FIELDS:
-        if isinstance(fields[field], str):
-            fields[field] = printable(fields[field], _LOGGED_PATH_LIMIT)
-    line = (
-        f"{fields['method']} {fields['path']} {row['status_code']} {fields['model']} "
-        f"in={row.get('input_tokens')} out={row.get('output_tokens')} "
-        f"cost={row.get('total_cost')} {row['duration_ms']:.0f}ms"
-    )
-    log.info("{request_line}", request_line=line, **fields)
-
-
-_LOGGED_FIELDS = (
-    "id",
-    "method",
-    "path",
-    "provider",
-    "status_code",
-    "model",
-    "input_tokens",
-    "output_tokens",
-    "cached_tokens",
-    "total_cost",
-    "usage_status",
-    "duration_ms",
-    "ttfb_ms",
-)
-# Logged fields that hold caller or provider text.
-_CALLER_TEXT_FIELDS = ("method", "path", "model")
-
-
 class ProxyResource(Resource):
     """Forwards every request below it to the chosen provider."""
 
@@ -144,13 +90,14 @@ class ProxyResource(Resource):
         super().__init__()
         self._gateway = gateway
         # Requests whose model had no price, by (provider, model): their cost is NULL.
-        self.unpriced: Counter[tuple[str, str]] = Counter()
+        self._unpriced = UnpricedModels()
+        self.unpriced = self._unpriced.counts
         self.in_flight = 0
         self._idle_waiters: list[defer.Deferred[None]] = []
 
     def render(self, request: Request) -> Any:
         self.in_flight += 1
-        d = defer.Deferred.fromCoroutine(self._proxy(request))
+        d = defer.Deferred.fromCoroutine(self._async_render(request))
         d.addErrback(self._internal_error, request)
         d.addBoth(self._request_done)
         return NOT_DONE_YET
@@ -181,75 +128,39 @@ class ProxyResource(Resource):
                 request.setResponseCode(500)
             request.finish()
 
-    async def _proxy(self, request: Request) -> None:
+    async def _async_render(self, request: Request) -> None:
+        """
+        Admit the request (or refuse it, in one place), forward it, relay the
+        answer, then write its row and end the response.
+        """
         gateway = self._gateway
-        arrived = gateway.clock.seconds()
-        uri = request.uri.decode("latin-1")
-        query = uri.split("?", 1)[1] if "?" in uri else ""
-        choice = providers.choose_provider(request.requestHeaders, uri)
-        provider = choice.provider
-        try:
-            key = single_value(request.requestHeaders, b"x-majordomo-key")
-        except RepeatedHeader as e:
-            self._reject(request, provider, 400, str(e))
-            return
-        if not key:
-            self._reject(request, provider, 401, "Missing X-Majordomo-Key header")
-            return
-        try:
-            api_key = await gateway.authenticate(hash_key(key))
-        except Exception as e:
-            log.warn("Cannot check an API key now: {error}", error=printable(e))
-            self._reject(request, provider, 503, "The key store is unavailable; try again shortly")
-            return
-        if api_key is None:
-            self._reject(request, provider, 401, "Invalid or revoked X-Majordomo-Key")
-            return
-
-        headers = header_map(request.requestHeaders)
-        method = request.method.decode("latin-1")
-        record = _new_record(arrived, api_key.id, provider, method, uri, headers, None)
-        base_url = gateway.base_url(provider)
-        refused = choice.refused
-        if not base_url and not refused:
-            refused = f"Provider {provider!r} is not configured"
-        if refused:
-            self._refuse(request, record, refused)
-            return
-        try:
-            target.check_method(request.method)
-            url = target.upstream_url(base_url, request.uri)
-        except target.BadTarget as e:
-            self._refuse(request, record, str(e))
-            return
-
-        body = request.content.read() if request.content is not None else b""
-        fields = await request_fields.read(body, gateway.clock)
-        facts = providers.request_facts(provider, uri, fields.values() if fields else None)
-        record.model_requested = facts.model
-        try:
-            found = metadata.extract(request.requestHeaders.getAllRawHeaders())
-        except metadata.MetadataError as e:
-            self._refuse(request, record, str(e))
-            return
-        record.raw_metadata = found.raw
-        record.indexed_metadata = found.indexed(api_key.indexed_metadata)
-        record.provider_alias = found.provider_alias
-
-        may_ask = _may_ask_for_usage(provider, uri.split("?")[0], query)
-        sent_body, strip_usage_chunk = (
-            inject_include_usage(body, fields) if may_ask and fields else (body, False)
+        headers = request.requestHeaders
+        arrival = Arrival.of(
+            headers,
+            request.method.decode("latin-1"),
+            request.uri.decode("latin-1"),
+            gateway.clock.seconds(),
         )
-
+        record: RequestRecord | None = None
+        try:
+            api_key = await admission.authenticated(headers, gateway.authenticate)
+            record = admission.new_record(arrival, api_key.id, headers)
+            admitted = await admission.admit(
+                request, arrival, record, api_key, gateway.base_url, gateway.clock
+            )
+        except Refusal as refusal:
+            self._send_refusal(request, arrival.provider, record, refusal)
+            return
+        rewrite = usage_rewrite(arrival, admitted)
         request.setHeader(b"x-majordomo-request-id", str(record.id).encode("ascii"))
         client = ClientWatch(request)
         forwarded = gateway.clock.seconds()
         upstream = client.track(
             gateway.upstream.request(
                 request.method,
-                url,
+                admitted.url,
                 forwardable(request.requestHeaders),
-                sent_body or None,
+                rewrite.body or None,
                 gateway.response_timeout,
             )
         )
@@ -258,74 +169,122 @@ class ProxyResource(Resource):
         except Exception:
             self._upstream_failed(request, record, client, Failure())
             return
-
         record.ttfb(gateway.clock.seconds())
+        relayed = await self._relay(request, arrival, admitted, rewrite, client, response)
+        self._account(request, arrival, record, admitted, relayed, forwarded)
+        self._send_response_end(request, client, relayed.complete)
+
+    async def _relay(
+        self,
+        request: Request,
+        arrival: Arrival,
+        admitted: Admitted,
+        rewrite: UsageRewrite,
+        client: ClientWatch,
+        response: IResponse,
+    ) -> _Relayed:
+        """Relay the upstream's answer to the client while its usage is read."""
+        gateway = self._gateway
         self._start_response(request, response)
         content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
         parser = make_usage_parser(
-            provider,
-            uri,
+            arrival.provider,
+            arrival.uri,
             status_code=response.code,
             content_type=content_type.decode("latin-1"),
-            request_model=facts.model,
-            usage_requested=may_ask or provider not in (providers.OPENAI, providers.AZURE),
-            served_tier=providers.served_tier(provider, response.headers),
+            request_model=admitted.facts.model,
+            usage_requested=rewrite.asked or arrival.provider not in USAGE_ON_REQUEST_PROVIDERS,
+            served_tier=providers.served_tier(arrival.provider, response.headers),
         )
         relay = BodyRelay(
             request,
             client,
             parser,
-            UsageChunkFilter() if strip_usage_chunk else None,
+            UsageChunkFilter() if rewrite.strip_usage_chunk else None,
             idle_timeout=gateway.idle_timeout,
             clock=gateway.clock,
             capture=gateway.body_capture_limit if gateway.bodies is not None else 0,
         )
         response.deliverBody(relay)
         complete = await relay.done
-        upstream_done = gateway.clock.seconds()
-        usage = parser.finish(complete=complete)
-        cost = gateway.prices.book.cost(provider, usage)
+        ended = gateway.clock.seconds()
+        return _Relayed(
+            status_code=response.code,
+            stream=admitted.facts.stream or content_type.startswith(b"text/event-stream"),
+            usage=parser.finish(complete=complete),
+            complete=complete,
+            error_message=relay.error_message,
+            captured=bytes(relay.captured),
+            ended=ended,
+        )
+
+    def _account(
+        self,
+        request: Request,
+        arrival: Arrival,
+        record: RequestRecord,
+        admitted: Admitted,
+        relayed: _Relayed,
+        forwarded: float,
+    ) -> None:
+        """Price the answer, store its bodies, write its row, count it and log it."""
+        gateway = self._gateway
+        usage = relayed.usage
+        cost = gateway.prices.book.cost(arrival.provider, usage)
         if not cost.priced and usage.model and usage.input_tokens:
-            self._note_unpriced(provider, usage.model)
-        if gateway.bodies is not None:
-            record.extra.update(
-                gateway.bodies.store(
-                    Exchange(
-                        request_id=str(record.id),
-                        key_id=record.key_id,
-                        arrived=arrived,
-                        method=record.method,
-                        path=uri,
-                        request_headers=header_list(request.requestHeaders),
-                        request_body=body,  # as the client sent it
-                        status_code=response.code,
-                        response_headers=header_list(request.responseHeaders),
-                        response_body=bytes(relay.captured),
-                    )
-                )
-            )
+            self._unpriced.note(arrival.provider, usage.model)
+        self._store_bodies(request, arrival, record, admitted, relayed)
         # Journaled before the client sees the end of the response: a client
         # that got a whole answer always has its row, even if we crash now.
         row = record.finish(
             now=gateway.clock.seconds(),
-            status_code=response.code,
+            status_code=relayed.status_code,
             usage=usage,
             cost=cost,
-            stream=facts.stream or content_type.startswith(b"text/event-stream"),
-            error_message=relay.error_message,
+            stream=relayed.stream,
+            error_message=relayed.error_message,
         )
         gateway.writer.add(row)
         now = gateway.clock.seconds()
         gateway.metrics.request_finished(
-            provider,
-            response.code,
+            arrival.provider,
+            relayed.status_code,
             usage,
             cost,
             ttfb=(record.ttfb_ms or 0) / 1000,
-            duration=now - arrived,
-            overhead=(forwarded - arrived) + (now - upstream_done),
+            duration=now - arrival.arrived,
+            overhead=(forwarded - arrival.arrived) + (now - relayed.ended),
         )
-        _log_request(row)
+        log_request(row)
+
+    def _store_bodies(
+        self,
+        request: Request,
+        arrival: Arrival,
+        record: RequestRecord,
+        admitted: Admitted,
+        relayed: _Relayed,
+    ) -> None:
+        """Keep the exchange in body storage, when it is on; the row learns where."""
+        bodies = self._gateway.bodies
+        if bodies is None:
+            return
+        exchange = Exchange(
+            request_id=str(record.id),
+            key_id=record.key_id,
+            arrived=arrival.arrived,
+            method=record.method,
+            path=arrival.uri,
+            request_headers=header_list(request.requestHeaders),
+            request_body=admitted.body,  # as the client sent it
+            status_code=relayed.status_code,
+            response_headers=header_list(request.responseHeaders),
+            response_body=relayed.captured,
+        )
+        record.extra.update(bodies.store(exchange))
+
+    def _send_response_end(self, request: Request, client: ClientWatch, complete: bool) -> None:
+        """End the response the client is reading, as completely as the upstream did."""
         if client.gone:
             return
         if complete:
@@ -355,41 +314,16 @@ class ProxyResource(Resource):
         self, request_headers: Headers, method: str, uri: str, status: int, message: str
     ) -> None:
         gateway = self._gateway
-        arrived = gateway.clock.seconds()
+        arrival = Arrival.of(request_headers, method, uri, gateway.clock.seconds())
         try:
-            key = single_value(request_headers, b"x-majordomo-key")
-        except RepeatedHeader:
+            key = admission.presented_key(request_headers)
+        except Refusal:
             return  # no key is checked, so no row: whose would it be?
-        api_key = await gateway.authenticate(hash_key(key)) if key else None
+        api_key = await gateway.authenticate(hash_key(key))
         if api_key is None:
             return
-        provider = providers.choose_provider(request_headers, uri).provider
-        headers = header_map(request_headers)
-        record = _new_record(arrived, api_key.id, provider, method, uri, headers, None)
-        gateway.writer.add(record.failed(now=arrived, status_code=status, message=message))
-
-    def _note_unpriced(self, provider: str, model: str) -> None:
-        """
-        Count a request we could not price; warn on the first of each model,
-        for the first L{MAX_UNPRICED_MODELS} models (names are the caller's
-        or the provider's choice: the set must not grow without end).
-        """
-        name = model[:_UNPRICED_NAME_LIMIT]
-        if (provider, name) not in self.unpriced:
-            if len(self.unpriced) >= MAX_UNPRICED_MODELS:
-                return
-            log.warn(
-                "No price for model {model} on {provider}: its cost is recorded as NULL "
-                "(add it to pricing.overrides_file, then run majordomo reprice)",
-                model=printable(model, _UNPRICED_NAME_LIMIT),
-                provider=provider,
-            )
-            if len(self.unpriced) == MAX_UNPRICED_MODELS - 1:
-                log.warn(
-                    "{count} models have no price; not warning about more (see /metrics)",
-                    count=MAX_UNPRICED_MODELS,
-                )
-        self.unpriced[provider, name] += 1
+        record = admission.new_record(arrival, api_key.id, request_headers)
+        gateway.writer.add(record.failed(now=arrival.arrived, status_code=status, message=message))
 
     def _start_response(self, request: Request, response: IResponse) -> None:
         request.setResponseCode(response.code, response.phrase)
@@ -399,111 +333,47 @@ class ProxyResource(Resource):
                 # (treq's gzip decoder leaves an empty Content-Encoding behind.)
                 request.responseHeaders.setRawHeaders(name, values)
 
-    def _refuse(self, request: Request, record: RequestRecord, message: str) -> None:
-        """Answer 400 to an authenticated request not forwarded, and write its row."""
-        row = record.failed(now=self._gateway.clock.seconds(), status_code=400, message=message)
-        self._gateway.writer.add(row)
-        self._reject(request, record.provider, 400, message)
+    def _send_refusal(
+        self, request: Request, provider: str, record: RequestRecord | None, refusal: Refusal
+    ) -> None:
+        """
+        The one answer to a request admission refused: its row, when its key
+        was valid (C{record} is then set), and the error in its provider's format.
+        """
+        if record is not None:
+            now = self._gateway.clock.seconds()
+            self._gateway.writer.add(
+                record.failed(now=now, status_code=refusal.status, message=refusal.message)
+            )
+        self._send_error_response(request, provider, refusal.status, refusal.message, refusal.code)
 
-    def _reject(self, request: Request, provider: str, status: int, message: str) -> None:
+    def _send_error_response(
+        self, request: Request, provider: str, status: int, message: str, code: str | None = None
+    ) -> None:
+        """Answer with an error in C{provider}'s format, and count it."""
         self._gateway.metrics.requests.labels(provider, "", str(status)).inc()
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json")
-        request.write(providers.error_body(provider, status, message))
+        request.write(providers.error_body(provider, status, message, code))
         request.finish()
 
     def _upstream_failed(
         self, request: Request, record: RequestRecord, client: ClientWatch, failure: Failure
     ) -> None:
-        maybe_billed = True
-        if client.gone:
-            status, message = (
-                CLIENT_CLOSED_REQUEST,
-                "Client disconnected before the upstream answered",
-            )
-        elif failure.check(error.TimeoutError):
-            status, message = 504, "Connecting to the upstream provider timed out"
-            maybe_billed = False
-        elif _timed_out(failure):
-            status, message = 504, "The upstream provider did not answer in time"
-        elif failure.check(ConnectError, ConnectionRefusedError, DNSLookupError):
-            status, message = 502, "The upstream provider could not be reached"
-            maybe_billed = False
-        elif failure.check(ResponseFailed):
-            status, message = 502, "The upstream provider closed the connection without answering"
-        else:
-            status, message = 502, f"Upstream request failed ({failure.type.__name__})"  # type: ignore[union-attr]
+        """Answer a request the upstream did not answer, and write its row."""
+        status, message, maybe_billed = upstream_failure.answer(failure, client_gone=client.gone)
         log.warn(
             "Upstream {provider} failed for request {id}: {reason}",
             provider=record.provider,
             id=record.id,
-            reason=_failure_reason(failure),
+            reason=upstream_failure.reason(failure),
         )
         now = self._gateway.clock.seconds()
         row = record.failed(now=now, status_code=status, message=message, maybe_billed=maybe_billed)
         self._gateway.writer.add(row)
         self._gateway.metrics.duration.labels(record.provider).observe(now - record.arrived)
-        _log_request(row)
+        log_request(row)
         if client.gone:
             self._gateway.metrics.requests.labels(record.provider, "", str(status)).inc()
         else:
-            self._reject(request, record.provider, status, message)
-
-
-def _new_record(
-    arrived: float,
-    key_id: str,
-    provider: str,
-    method: str,
-    uri: str,
-    headers: dict[str, str],
-    model: str | None,
-) -> RequestRecord:
-    """The record of a request just authenticated; secrets only as hashes or redacted."""
-    query = uri.split("?", 1)[1] if "?" in uri else ""
-    return RequestRecord.start(
-        request_id=uuid7(arrived),
-        arrived=arrived,
-        key_id=key_id,
-        provider=provider,
-        method=method,
-        path=providers.redact_path(uri),
-        model_requested=model,
-        provider_key_hash=providers.hash_secret(
-            providers.provider_secret(provider, headers, query)
-        ),
-    )
-
-
-def _timed_out(failure: Failure) -> bool:
-    """A request treq cancelled at upstream.response_timeout."""
-    if failure.check(defer.CancelledError, defer.TimeoutError):
-        return True
-    if failure.check(ResponseNeverReceived):
-        reasons = getattr(failure.value, "reasons", [])
-        return any(reason.check(defer.CancelledError) for reason in reasons)
-    return False
-
-
-# Failures whose message comes from the operating system or the configured
-# base URL, never from the request: logged as they are.
-_FAILURES_WITH_SAFE_MESSAGES = (ConnectError, error.TimeoutError, defer.CancelledError)
-
-
-def _failure_reason(failure: Failure) -> str:
-    """
-    Why a request to the upstream failed, for the log.  Other exceptions'
-    messages may hold the URL (with a C{?key=}) or a header: only their
-    type is named, and those of the reasons they wrap.
-    """
-    if failure.check(*_FAILURES_WITH_SAFE_MESSAGES):
-        return printable(failure.getErrorMessage())
-    reason = failure.type.__name__  # type: ignore[union-attr]
-    wrapped = getattr(failure.value, "reasons", None)
-    if isinstance(wrapped, list):
-        inner = ", ".join(
-            _failure_reason(each) if isinstance(each, Failure) else type(each).__name__
-            for each in wrapped
-        )
-        reason += f" ({inner})"
-    return reason
+            self._send_error_response(request, record.provider, status, message)
