@@ -17,6 +17,7 @@ from typing import Any
 
 from twisted.internet import defer, reactor, task
 from twisted.protocols import portforward
+from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 
 from majordomo.db import Database
@@ -24,7 +25,7 @@ from majordomo.db.keys import hash_key
 from majordomo.ids import uuid7
 from majordomo.ledger.record import RequestRecord
 from majordomo.ledger.spool import Spool
-from majordomo.ledger.writer import LogWriter, encode_record
+from majordomo.ledger.writer import LogWriter, encode_record, reader_in
 from majordomo.pricing.cost import Cost
 from majordomo.usage import COMPLETE, ERROR_NOT_BILLED, Usage
 from tests import support
@@ -93,6 +94,7 @@ class LogWriterTestCase(TestCase):
 
     def setUp(self) -> defer.Deferred[None]:
         support.fresh_database()
+        self.spools: dict[LogWriter, Spool] = {}
         self.db = Database(support.pg_config(), reactor=reactor, pool_size=2)
         self.addCleanup(self.db.close)
         self.key_id = str(uuid.uuid4())
@@ -118,9 +120,13 @@ class LogWriterTestCase(TestCase):
         spool = Spool(spool_dir or self.mktemp(), max_bytes=64 * 1024 * 1024)
         left_over = spool.open()
         self.addCleanup(spool.close)
+        readers = ThreadPool(minthreads=0, maxthreads=1, name="test-spool-read")
+        readers.start()
+        self.addCleanup(readers.stop)
         writer = LogWriter(
             db or self.db,
             spool,
+            reader_in(readers, reactor),
             batch_size=batch_size,
             flush_interval=flush_interval,
             memory_limit=memory_limit,
@@ -129,6 +135,7 @@ class LogWriterTestCase(TestCase):
         writer.replay(left_over)
         writer.startService()
         self.addCleanup(lambda: writer.stopService() if writer.running else None)
+        self.spools[writer] = spool
         return writer
 
     def records(self, count: int, start: datetime = ARRIVED) -> list[dict[str, Any]]:
@@ -528,6 +535,7 @@ class UnavailableTests(LogWriterTestCase):
             self.assertEqual(stored_ids(), [])
 
             await waiting.stopService()
+            self.spools[waiting].close()  # as the service tree does after the writer stops
             ids = [r["id"] for r in records]
             self.assertEqual(spooled(spool_dir), ids)
 

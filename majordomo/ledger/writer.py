@@ -33,8 +33,11 @@ from decimal import Decimal
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer, task, threads
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 
 from majordomo.db import Database, is_unavailable
 from majordomo.ledger import storable
@@ -90,6 +93,19 @@ FROM per_key WHERE api_keys.id = per_key.id
 """
 
 
+SegmentReader = Callable[[Segment], defer.Deferred[list[str]]]
+"""Reads a spooled segment back without blocking the reactor (L{read_segment})."""
+
+
+def reader_in(pool: ThreadPool, reactor: IReactorFromThreads) -> SegmentReader:
+    """Segments read in C{pool}'s threads, never the reactor's own pool (which resolves DNS)."""
+
+    def read(segment: Segment) -> defer.Deferred[list[str]]:
+        return deferToThreadPool(reactor, pool, read_segment, segment)
+
+    return read
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, Decimal):
         return str(value)  # exact: PostgreSQL parses the string into NUMERIC
@@ -111,12 +127,17 @@ class _Batch:
 
 
 class LogWriter(service.Service):
-    """Journals records and writes them to PostgreSQL in batches."""
+    """
+    Journals records and writes them to PostgreSQL in batches.  The spool
+    is opened and closed by its owner (the service tree), not here; C{read}
+    brings back the segments held only on disk.
+    """
 
     def __init__(
         self,
         db: Database,
         spool: Spool,
+        read: SegmentReader,
         batch_size: int,
         flush_interval: float,
         memory_limit: int = 10000,
@@ -127,6 +148,7 @@ class LogWriter(service.Service):
             from twisted.internet import reactor as clock
         self._db = db
         self._spool = spool
+        self._read = read
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._memory_limit = memory_limit
@@ -204,28 +226,31 @@ class LogWriter(service.Service):
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
-        d = self.flush(give_up_when_unavailable=True)
-        d.addBoth(lambda _: self._spool.close())
-        return d
+        return self.flush(give_up_when_unavailable=True)
 
     def _tick(self) -> None:
         # A LoopingCall whose function raises stops for good: never raise here.
         self._seal()
         self._write_next()
 
-    @defer.inlineCallbacks
-    def flush(self, give_up_when_unavailable: bool = False) -> Any:
-        """Write every queued record; fires when they are all committed."""
+    def flush(self, give_up_when_unavailable: bool = False) -> defer.Deferred[None]:
+        """
+        Write every queued record; fires when they are all committed (or,
+        with C{give_up_when_unavailable}, when PostgreSQL cannot be reached:
+        the records are safe in the spool).
+        """
+        return defer.Deferred.fromCoroutine(self._flush(give_up_when_unavailable))
+
+    async def _flush(self, give_up_when_unavailable: bool) -> None:
         self._seal()
         while self._batches or self._writing is not None:
-            if self._writing is None:
-                self._write_next()
+            writing = self._write_next()
             written = self.rows_written
-            yield self._writing
+            await writing
             if self.rows_written == written and self._batches:
                 if give_up_when_unavailable:
-                    return  # the records are safe in the spool
-                yield task.deferLater(self._clock, self._flush_interval, lambda: None)
+                    return
+                await task.deferLater(self._clock, self._flush_interval, lambda: None)
 
     def _write_next(self) -> defer.Deferred[None]:
         if self._writing is None and self._batches:
@@ -240,7 +265,7 @@ class LogWriter(service.Service):
         records = batch.records
         if records is None:
             assert batch.segment is not None
-            records = await threads.deferToThread(read_segment, batch.segment)
+            records = await self._read(batch.segment)
         started = self._clock.seconds()
         try:
             await self._db.run_operation(INSERT_BATCH, (_array(records),))
