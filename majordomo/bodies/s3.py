@@ -34,7 +34,6 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +47,7 @@ from twisted.python.threadpool import ThreadPool
 from majordomo.bodies import Exchange, encode_document, object_key
 from majordomo.bodies.parking import CorruptParkedBody, ParkedBodies
 from majordomo.config import S3Config
+from majordomo.inflight import DeferWaiter, bounded
 
 log = Logger()
 
@@ -120,6 +120,8 @@ class S3BodyStore:
         self._stranded: list[_Body] = []  # in memory, refused by S3 and by the disk
         self._in_flight: set[_Body] = set()
         self._in_flight_paths: set[str] = set()
+        self._uploads = DeferWaiter()  # upload attempts in the upload threads
+        self._disk_writes = DeferWaiter()  # bodies being parked by the disk thread
         self._held_items = 0  # bodies in the four collections above
         self._held_bytes = 0
         self._parking = 0  # bodies handed to the disk thread, not yet written
@@ -228,13 +230,12 @@ class S3BodyStore:
             self._release(body)
             self._park(body)
         timeout = self._tuning.stop_timeout
-        await self._until(
-            lambda: not (self._in_flight or self._in_flight_paths or self._parking), timeout
-        )
+        # Uploads first: one that fails parks its body, and nothing starts a new upload now.
+        await self._settle([self._uploads, self._disk_writes], timeout)
         for body in list(self._in_flight):
             if not body.parked:  # the upload may still succeed: then S3 gets it twice
                 self._park(body)
-        await self._until(lambda: not self._parking, timeout)
+        await self._settle([self._disk_writes], timeout)
         self._closed = True
         lost = len(self._stranded) + self._parking
         if lost:
@@ -253,10 +254,12 @@ class S3BodyStore:
         if self._on_disk:
             log.info("{n} request bodies wait on disk for S3 until the next start", n=self.on_disk)
 
-    async def _until(self, done: Callable[[], bool], timeout: float) -> None:
+    async def _settle(self, work: list[DeferWaiter], timeout: float) -> None:
+        """Wait, at most C{timeout} seconds in all, until each of C{work} is idle in turn."""
         deadline = self._reactor.seconds() + timeout
-        while not done() and self._reactor.seconds() < deadline:
-            await task.deferLater(self._reactor, 0.02, lambda: None)
+        for waiter in work:
+            left = deadline - self._reactor.seconds()
+            await bounded(waiter.wait(), max(left, 0.0), self._reactor)
 
     # Memory accounting: only what the upload side holds counts against the budget.
 
@@ -293,6 +296,7 @@ class S3BodyStore:
             self._body_uploaded, self._body_failed, callbackArgs=(body,), errbackArgs=(body,)
         )
         d.addErrback(self._bug)
+        self._uploads.add(d)
 
     def _attempt(self, body: _Body) -> None:
         """One upload attempt (in an upload thread)."""
@@ -336,6 +340,7 @@ class S3BodyStore:
             self._parked_uploaded, self._parked_failed, callbackArgs=(path,), errbackArgs=(path,)
         )
         d.addErrback(self._bug)
+        self._uploads.add(d)
 
     def _attempt_parked(self, path: str) -> None:
         """Upload one parked body and delete its file (in an upload thread)."""
@@ -453,6 +458,7 @@ class S3BodyStore:
         d = deferToThreadPool(self._reactor, self._disk_pool, self._write_parked, body)
         d.addCallbacks(self._body_parked, self._park_failed, errbackArgs=(body,))
         d.addErrback(self._bug)
+        self._disk_writes.add(d)
 
     def _write_parked(self, body: _Body) -> str:
         """Write one body to disk (in the disk thread)."""
