@@ -16,15 +16,13 @@ tiers, service tiers, audio.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from typing import Any, TextIO
 
-from twisted.python import usage
-
-from majordomo.cli import _CommandOptions
+from majordomo.cli.columns import write_columns
+from majordomo.cli.options import CommandOptions, parse_date
 from majordomo.config import Config
 from majordomo.db import Database
 from majordomo.pricing import PriceBook, configured_book
@@ -32,8 +30,6 @@ from majordomo.pricing.litellm import load_bundled
 from majordomo.pricing.prices import PRICE_FIELDS, ModelPrice, PriceTables, PriceTier, price_fields
 from majordomo.pricing.retired import load_retired
 from majordomo.usage import ERROR_NOT_BILLED
-
-_DATE = re.compile(r"\A\d{4}-\d{2}-\d{2}\Z")
 
 # One pass over llm_requests (or, with --since, over the created_at index's
 # range), grouped in PostgreSQL: no row reaches Python.  "Unpriced" counts as
@@ -173,17 +169,6 @@ def _cell(values: Sequence[str]) -> str:
     return ",".join(values) or "-"
 
 
-def _write_columns(rows: list[tuple[str, ...]], out: TextIO, numbers: range = range(0)) -> None:
-    """Aligned columns under the first row; the C{numbers} columns right-aligned."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        cells = [
-            cell.rjust(width) if i in numbers else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        ]
-        out.write("  ".join(cells).rstrip() + "\n")
-
-
 def write_text(
     seen: Sequence[SeenModel], table: Sequence[TableModel], since: date | None, out: TextIO
 ) -> None:
@@ -207,7 +192,7 @@ def write_text(
             )
             for s in seen
         ]
-        _write_columns(rows, out, numbers=range(2, 5))
+        write_columns(rows, out, numbers=range(2, 5))
         unpriced = sum(s.unpriced for s in seen)
         fixable = sum(s.no_price for s in seen if s.price_now is not None)
         out.write(
@@ -230,7 +215,7 @@ def write_text(
         )
         for t in table
     ]
-    _write_columns(table_rows, out)
+    write_columns(table_rows, out)
     for provider in sorted({t.provider for t in table}):
         mine = [t for t in table if t.provider == provider]
         counts = (
@@ -255,19 +240,7 @@ def write_json(
     out.write(json.dumps(document, indent=2) + "\n")
 
 
-def parse_date(flag: str, value: str | None) -> date | None:
-    """An ISO date (YYYY-MM-DD) given to C{flag}; a L{usage.UsageError} otherwise."""
-    if value is None:
-        return None
-    try:
-        if not _DATE.match(value):
-            raise ValueError(value)
-        return date.fromisoformat(value)
-    except ValueError:
-        raise usage.UsageError(f"{flag}: not a date (YYYY-MM-DD): {value}") from None
-
-
-class CoverageOptions(_CommandOptions):
+class CoverageOptions(CommandOptions):
     synopsis = "[--since YYYY-MM-DD] [--json]"
     longdesc = (
         "The models seen in llm_requests with how many rows have no cost (most "
@@ -275,7 +248,7 @@ class CoverageOptions(_CommandOptions):
         "each prices: cache, long-context tiers, service tiers, audio."
     )
     optFlags = [["json", "j", "One JSON object instead of columns."]]
-    optParameters = _CommandOptions.optParameters + [
+    optParameters = CommandOptions.optParameters + [
         ["since", "s", None, "Only requests that arrived on or after this date (UTC)."],
     ]
 

@@ -1,17 +1,54 @@
 # -*- test-case-name: tests.test_cli -*-
 """
 C{majordomo pricing show MODEL}: the price the gateway would use, and its
-sources, described for a person.
+sources, described for a person; C{majordomo pricing coverage} is
+L{majordomo.cli.coverage}.
 """
 
 from __future__ import annotations
 
-from typing import TextIO
+from typing import Any, TextIO
+
+from twisted.python import usage
 
 from majordomo import providers
+from majordomo.cli.coverage import CoverageOptions, coverage_command
+from majordomo.cli.options import CommandOptions
 from majordomo.config import Config
 from majordomo.pricing import configured_book
 from majordomo.pricing.prices import ModelPrice, PriceMatch, price_fields
+
+
+class PricingShowOptions(CommandOptions):
+    synopsis = "MODEL [--provider openai|anthropic|gemini|azure]"
+    optParameters = CommandOptions.optParameters + [
+        ["provider", "p", None, "Provider (default: guessed from the model name)."]
+    ]
+
+    def parseArgs(self, model: str) -> None:  # type: ignore[override]
+        self["model"] = model
+
+
+class PricingOptions(usage.Options):
+    synopsis = "show|coverage"
+    subCommands = [
+        ["show", None, PricingShowOptions, "Show the price used for a model."],
+        ["coverage", None, CoverageOptions, "Unpriced models seen, and what the table prices."],
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("pricing needs a subcommand: show or coverage")
+
+
+async def pricing_command(
+    reactor: Any, config: Config, options: Any, out: TextIO, err: TextIO
+) -> int:
+    """C{majordomo pricing show|coverage}."""
+    if options.subCommand == "coverage":
+        return await coverage_command(reactor, config, options.subOptions, out)
+    return show_price(config, options.subOptions["model"], options.subOptions["provider"], out)
+
 
 _LABELS = {
     "input": "input",

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -25,14 +23,13 @@ from typing import Any, TextIO
 from twisted.internet import task
 from twisted.python import usage
 
-from majordomo.cli import _CommandOptions
+from majordomo.cli.options import CommandOptions, parse_date
 from majordomo.config import Config
 from majordomo.db import Database
 from majordomo.metadata import MAX_NAME_LENGTH, PREFIX, canonical
 from majordomo.usage import ERROR_NOT_BILLED
 
 FORMATS = ("table", "json", "csv")
-_DATE = re.compile(r"\A\d{4}-\d{2}-\d{2}\Z")
 _METADATA = "metadata:"
 
 
@@ -124,17 +121,6 @@ def parse_grouping(value: str) -> Grouping:
     raise usage.UsageError(
         f"--by: expected model, key, day, provider or metadata:NAME, got {value!r}"
     )
-
-
-def _parse_date(flag: str, value: str | None) -> date | None:
-    if value is None:
-        return None
-    try:
-        if not _DATE.match(value):
-            raise ValueError(value)
-        return date.fromisoformat(value)
-    except ValueError:
-        raise usage.UsageError(f"{flag}: not a date (YYYY-MM-DD): {value}") from None
 
 
 def build_query(
@@ -283,7 +269,7 @@ WRITERS: dict[str, Callable[[Grouping, Sequence[UsageRow], TextIO], None]] = {
 }
 
 
-class UsageOptions(_CommandOptions):
+class UsageOptions(CommandOptions):
     synopsis = (
         "[--by model|key|day|provider|metadata:NAME] [--since YYYY-MM-DD] "
         "[--until YYYY-MM-DD] [--format table|json|csv]"
@@ -294,7 +280,7 @@ class UsageOptions(_CommandOptions):
         "UNPRICED counts the requests whose cost is unknown (no price for the model); "
         "TOTAL COST is the sum of the priced ones."
     )
-    optParameters = _CommandOptions.optParameters + [
+    optParameters = CommandOptions.optParameters + [
         [
             "by",
             "b",
@@ -308,8 +294,8 @@ class UsageOptions(_CommandOptions):
 
     def postOptions(self) -> None:
         self["grouping"] = parse_grouping(self["by"])
-        self["since"] = _parse_date("--since", self["since"])
-        self["until"] = _parse_date("--until", self["until"])
+        self["since"] = parse_date("--since", self["since"])
+        self["until"] = parse_date("--until", self["until"])
         if self["since"] and self["until"] and self["since"] >= self["until"]:
             raise usage.UsageError("--since must be before --until")
         if self["format"] not in FORMATS:
@@ -379,10 +365,12 @@ def progress_for(reactor: Any, out: TextIO, err: TextIO) -> Progress | None:
     return Progress(reactor, err) if _is_terminal(out) and _is_terminal(err) else None
 
 
-async def usage_command(reactor: Any, config: Config, options: Any, out: TextIO) -> int:
+async def usage_command(
+    reactor: Any, config: Config, options: Any, out: TextIO, err: TextIO
+) -> int:
     """C{majordomo usage}: query, then write the report in the chosen format."""
     grouping = options["grouping"]
-    progress = progress_for(reactor, out, sys.stderr)
+    progress = progress_for(reactor, out, err)
     db = Database(config.storage.postgres, reactor=reactor, pool_size=1)
     if progress is not None:
         progress.start()
