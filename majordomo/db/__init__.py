@@ -151,14 +151,16 @@ class Database:
             d.addErrback(lambda f: None)  # the detector now reconnects it
         return self.when_connected()
 
-    @defer.inlineCallbacks
-    def connect_once(self) -> Any:
+    def connect_once(self) -> defer.Deferred[None]:
         """
         Open every connection now or fail with PostgreSQL's own error (for
         commands, which should say why rather than wait).
         """
+        return defer.Deferred.fromCoroutine(self._connect_each())
+
+    async def _connect_each(self) -> None:
         for connection in self._connections:
-            yield connection.connect(**self._params)
+            await connection.connect(**self._params)
             self._ready.add(connection)
 
     def raw_connection(self) -> Any:
@@ -210,38 +212,41 @@ class Database:
         self, sql: str, params: Any = None, retry_for: float = 0.0
     ) -> defer.Deferred[Any]:
         """Run a statement and return its rows; retried for C{retry_for} seconds."""
-        return self._retrying(retry_for, self._call, "runQuery", sql, params)
+        return defer.Deferred.fromCoroutine(
+            self._retrying(retry_for, self._call, "runQuery", sql, params)
+        )
 
     def run_operation(
         self, sql: str, params: Any = None, retry_for: float = 0.0
     ) -> defer.Deferred[None]:
         """Run a statement and discard its result; retried for C{retry_for} seconds."""
-        return self._retrying(retry_for, self._call, "runOperation", sql, params)
+        return defer.Deferred.fromCoroutine(
+            self._retrying(retry_for, self._call, "runOperation", sql, params)
+        )
 
     def run_interaction(
         self, interaction: Callable[..., Any], *args: Any, retry_for: float = 0.0
     ) -> defer.Deferred[Any]:
         """Run C{interaction(cursor, *args)} in one transaction."""
-        return self._retrying(retry_for, self._call, "runInteraction", interaction, *args)
+        return defer.Deferred.fromCoroutine(
+            self._retrying(retry_for, self._call, "runInteraction", interaction, *args)
+        )
 
-    @defer.inlineCallbacks
-    def _retrying(
+    async def _retrying(
         self, retry_for: float, call: Callable[..., defer.Deferred[T]], *args: Any
-    ) -> Any:
+    ) -> T:
         deadline = self._reactor.seconds() + retry_for
         delay = 0.05
         while True:
             try:
-                result = yield call(*args)
+                return await call(*args)
             except _UNAVAILABLE:
                 if self._closed or self._reactor.seconds() + delay > deadline:
                     if retry_for:
                         raise DatabaseUnavailable("PostgreSQL is not reachable") from None
                     raise
-                yield task.deferLater(self._reactor, delay, lambda: None)
+                await task.deferLater(self._reactor, delay, lambda: None)
                 delay = min(delay * 2, 1.0)
-            else:
-                return result
 
 
 def is_unavailable(error: BaseException | Failure) -> bool:
