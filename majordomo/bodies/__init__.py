@@ -24,26 +24,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet import defer
 
-from majordomo.providers import redact_path
+from majordomo.providers.secrets import REDACTED, SECRET_HEADERS, redact_path
 
 if TYPE_CHECKING:
     from majordomo.config import Config
-
-REDACTED = "REDACTED"
-
-# Headers that carry a credential: the provider's key, the Majordomo key, cookies.
-SECRET_HEADERS = frozenset(
-    {
-        "authorization",
-        "proxy-authorization",
-        "x-api-key",
-        "api-key",
-        "x-goog-api-key",
-        "x-majordomo-key",
-        "cookie",
-        "set-cookie",
-    }
-)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ SHA-256 hex digest is stored, so a database dump reveals no usable key.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from twisted.internet import defer
 
 from majordomo.db import Database
 from majordomo.metadata import metadata_name
+from majordomo.providers.secrets import sha256_hex
 
 KEY_PREFIX = "mdm_sk_"
 # Every gateway LISTENs on this channel; `keys revoke` NOTIFYs it.
@@ -33,7 +33,7 @@ def generate_key() -> str:
 
 def hash_key(plaintext: str) -> str:
     """The SHA-256 hex digest under which a key (or provider key) is stored."""
-    return hashlib.sha256(plaintext.encode("utf-8")).hexdigest()
+    return sha256_hex(plaintext)
 
 
 @dataclass(frozen=True)
