@@ -121,6 +121,7 @@ class GatewayService(InOrder):
         self.db = Database(config.storage.postgres, reactor=reactor)
         self.keys = KeyStore(self.db)
         self.key_cache = KeyCache(self.db, config.storage.postgres, reactor=reactor)
+        self.key_cache.setName("key cache")
         self.pricing = PricingService(
             configured_book(config),
             remote_url=config.pricing.remote_url,
@@ -182,10 +183,8 @@ class GatewayService(InOrder):
             ThreadPoolService(self.spool_readers),
             Part("upstream", self._prepare_upstream, self.upstream.close),
             Part("postgres", self._connect_database, self.db.close),
-            AfterConnected(
-                Part("key cache", self._start_key_cache, self.key_cache.stop),
-                self.db.when_connected,
-            ),
+            # Not waited for: lookups use PostgreSQL until it listens.
+            AfterConnected(self.key_cache, self.db.when_connected),
             Part("bodies", self._start_bodies, self._stop_bodies),
             Part("writer", self.writer.startService, self._stop_writer),
             AfterConnected(
@@ -269,9 +268,6 @@ class GatewayService(InOrder):
         connected = self.db.start()
         connected.addCallback(lambda _: log.info("Connected to PostgreSQL"))
         return connected
-
-    def _start_key_cache(self) -> None:
-        self.key_cache.start()  # not waited for: lookups use PostgreSQL until it listens
 
     def _start_bodies(self) -> defer.Deferred[None] | None:
         started = self.bodies.start()

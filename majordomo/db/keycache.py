@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg2
+from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -44,12 +45,13 @@ class _ListenDetector(Detector):
         super().startReconnecting(f)
 
 
-class KeyCache:
+class KeyCache(service.Service):
     """
     Answers "which active key has this hash?" from memory when it safely can,
     from PostgreSQL otherwise.  Only hits are cached (random keys sprayed at
     the gateway must not grow memory), at most C{max_entries}, least recently
-    used first out.
+    used first out.  Lookups work whether or not the service is running: a
+    cache that is not listening sends every one to PostgreSQL.
     """
 
     def __init__(
@@ -142,12 +144,13 @@ class KeyCache:
         if key_hash is not None:
             self._ids.pop(key_hash, None)
 
-    def start(self) -> defer.Deferred[None]:
+    def startService(self) -> defer.Deferred[None]:
         """
         Open the listener (once per KeyCache).  The returned Deferred fires
         once LISTEN is in place; until then (and whenever the listener is
         lost) every lookup goes to PostgreSQL, so nobody has to wait for it.
         """
+        super().startService()
         d = self._connection.connect(**self._params)
         d.addCallbacks(lambda _: self._connected(), self._detector.checkForDeadConnection)
         d.addErrback(self._connect_failed)
@@ -240,8 +243,9 @@ class KeyCache:
         except Exception:
             log.failure("Checking the key revocation listener failed")
 
-    def stop(self) -> None:
+    def stopService(self) -> None:
         """Close the listener for good; afterwards every lookup queries the database."""
+        super().stopService()
         self._stopped = True
         self._epoch += 1
         self._up = self._listening = False
