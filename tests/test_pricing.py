@@ -1,5 +1,5 @@
 """
-Tests for L{majordomo.pricing} and L{majordomo.pricing.sources}: the cost
+Tests for L{majordomo.pricing} and the sources of its prices: the cost
 vectors, the bundled table, model matching, overrides and remote price data.
 """
 

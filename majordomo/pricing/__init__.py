@@ -66,7 +66,8 @@ class PriceBook:
 
     C{tables} and C{remote} map price table (C{"openai"}, C{"azure"},
     C{"anthropic"}, C{"gemini"}) to normalised model id to L{ModelPrice}, as
-    the parsers in L{majordomo.pricing.sources} produce them.  C{retired}
+    the readers of each source (L{majordomo.pricing.litellm},
+    L{majordomo.pricing.sources}) produce them.  C{retired}
     maps the (table, model id) entries of C{tables} that are retired models'
     last known prices to where and when each was last published.
     """
@@ -135,7 +136,10 @@ class PriceBook:
         )
 
     def with_remote(self, remote: PriceTables, version: str) -> PriceBook:
-        """This book with fetched prices (from L{parse_remote_prices}) in place of earlier ones."""
+        """
+        This book with fetched prices (from
+        L{majordomo.pricing.sources.parse_remote_prices}) in place of earlier ones.
+        """
         return PriceBook(
             self._tables,
             self.version,
