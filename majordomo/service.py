@@ -266,8 +266,12 @@ class GatewayService(InOrder):
 
     def _connect_database(self) -> defer.Deferred[None]:
         connected = self.db.start()
-        connected.addCallback(lambda _: log.info("Connected to PostgreSQL"))
+        connected.addCallback(self._connected)
         return connected
+
+    def _connected(self, _: object) -> None:
+        if self.running:  # not while a gateway that could not start stops
+            log.info("Connected to PostgreSQL")
 
     def _start_bodies(self) -> defer.Deferred[None] | None:
         started = self.bodies.start()
