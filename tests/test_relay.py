@@ -19,6 +19,7 @@ from twisted.web import http, server
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.resource import Resource
 
+from majordomo.usage import NOT_APPLICABLE, Usage
 from majordomo.web.relay import BodyRelay, ClientWatch
 
 IDLE_TIMEOUT = 30.0
@@ -43,6 +44,9 @@ class _Parser:
 
     def feed(self, data: bytes) -> None:
         self.fed.append(data)
+
+    def finish(self, complete: bool = True) -> Usage:
+        return Usage(usage_status=NOT_APPLICABLE)
 
 
 class _Shout:

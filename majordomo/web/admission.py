@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
@@ -86,8 +86,8 @@ class Admitted:
     facts: providers.RequestFacts
 
 
-# A key hash -> Deferred[ActiveKey | None] (the key cache's authenticate).
-Authenticate = Callable[[str], Any]
+# A key hash -> the active key it belongs to, or None (the key cache's authenticate).
+Authenticate = Callable[[str], "defer.Deferred[ActiveKey | None]"]
 
 
 def presented_key(headers: Headers) -> str:

@@ -20,10 +20,12 @@ paths only redacted.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
@@ -39,7 +41,7 @@ from majordomo.logtext import failure_text, printable
 from majordomo.usage import Usage, make_usage_parser
 from majordomo.usage.openai import UsageChunkFilter
 from majordomo.web import admission, upstream_failure
-from majordomo.web.admission import Admitted, Arrival, Refusal
+from majordomo.web.admission import Admitted, Arrival, Authenticate, Refusal
 from majordomo.web.headers import NOT_FORWARDED, forwardable, header_list
 from majordomo.web.metrics import GatewayMetrics
 from majordomo.web.relay import BodyRelay, ClientWatch
@@ -67,12 +69,12 @@ class _Relayed:
 class Gateway:
     """What the proxy needs from the running service; injectable for tests."""
 
-    authenticate: Any  # key hash -> Deferred[key id | None]
-    base_url: Any  # provider -> configured base URL ("" = not configured)
+    authenticate: Authenticate  # key hash -> Deferred[ActiveKey | None]
+    base_url: Callable[[str], str]  # provider -> configured base URL ("" = not configured)
     upstream: UpstreamClient
     prices: Any  # object with .book (a PriceBook), swapped on refresh
     writer: Any  # object with .add(record)
-    clock: Any
+    clock: IReactorTime
     response_timeout: float
     idle_timeout: float
     metrics: GatewayMetrics

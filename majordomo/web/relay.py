@@ -7,15 +7,17 @@ the upstream at once.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.client import ResponseDone
 from twisted.web.server import Request
 
+from majordomo.usage import UsageParser
 from majordomo.usage.openai import UsageChunkFilter
 
 
@@ -29,7 +31,7 @@ class ClientWatch:
     def __init__(self, request: Request) -> None:
         self.gone = False
         self._pending: defer.Deferred[Any] | None = None
-        self._producer: Any = None
+        self._producer: IPushProducer | None = None
         request.notifyFinish().addErrback(self._lost)
 
     def track(self, pending: defer.Deferred[Any]) -> defer.Deferred[Any]:
@@ -37,7 +39,7 @@ class ClientWatch:
         self._pending = pending
         return pending
 
-    def relaying(self, producer: Any) -> None:
+    def relaying(self, producer: IPushProducer) -> None:
         """Stop C{producer} (the upstream body) if the client leaves."""
         self._pending = None
         self._producer = producer
@@ -61,10 +63,10 @@ class BodyRelay(Protocol):
         self,
         request: Request,
         client: ClientWatch,
-        parser: Any,
+        parser: UsageParser,
         usage_filter: UsageChunkFilter | None,
         idle_timeout: float,
-        clock: Any,
+        clock: IReactorTime,
         capture: int = 0,
     ) -> None:
         self._request = request
@@ -74,7 +76,7 @@ class BodyRelay(Protocol):
         self._parser = parser
         self._filter = usage_filter
         self._idle_timeout = idle_timeout
-        self._idle: Any = clock.callLater(idle_timeout, self._went_idle)
+        self._idle: IDelayedCall | None = clock.callLater(idle_timeout, self._went_idle)
         self.done: defer.Deferred[bool] = defer.Deferred()
         self.error_message: str | None = None
 
@@ -93,8 +95,10 @@ class BodyRelay(Protocol):
             self.error_message = "Client disconnected before the response was complete"
             self.transport.stopProducing()  # type: ignore[union-attr]
             return
-        self._request.registerProducer(self.transport, True)
-        self._client.relaying(self.transport)
+        # The response body's transport is the upstream connection's: a push producer.
+        upstream = cast(IPushProducer, self.transport)
+        self._request.registerProducer(upstream, True)
+        self._client.relaying(upstream)
 
     def dataReceived(self, data: bytes) -> None:
         if self._idle is not None:
