@@ -1,6 +1,6 @@
 """
 What reading the usage of a large non-streamed JSON answer costs the reactor:
-L{majordomo.json_members.TopLevelMembers} fed in 64 KiB chunks (what one
+L{majordomo.usage.json_members.TopLevelMembers} fed in 64 KiB chunks (what one
 socket read delivers) against C{json.loads} of the whole body, the reference,
 timed in the same run.  For each body shape it prints the total time of both,
 their ratio, and the slowest single chunk, which is the longest the reactor
@@ -18,7 +18,7 @@ import random
 import time
 from collections.abc import Callable
 
-from majordomo.json_members import TopLevelMembers
+from majordomo.usage.json_members import TopLevelMembers
 
 CHUNK = 64 * 1024
 

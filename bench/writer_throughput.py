@@ -26,11 +26,11 @@ from twisted.internet import defer, reactor, task
 
 from majordomo.config import PostgresConfig
 from majordomo.db import Database
+from majordomo.db.schema import apply_schema
 from majordomo.ids import uuid7
-from majordomo.logwriter import LogWriter
-from majordomo.record import RequestRecord
-from majordomo.schema import apply_schema
-from majordomo.spool import Spool
+from majordomo.ledger.record import RequestRecord
+from majordomo.ledger.spool import Spool
+from majordomo.ledger.writer import LogWriter
 from majordomo.usage import Usage
 
 CONFIG = PostgresConfig(host="127.0.0.1", database="majordomo_bench", pool_size=4)

@@ -18,9 +18,10 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
+
+from majordomo import config_checks as checks
 
 CONFIG_FILE_NAME = "majordomo.yaml"
 SYSTEM_CONFIG_PATH = "/etc/majordomo/majordomo.yaml"
@@ -29,74 +30,6 @@ ENV_PREFIX = "MAJORDOMO_"
 
 class ConfigError(Exception):
     """A configuration value is missing, unknown or impossible."""
-
-
-def _positive(value: float) -> str | None:
-    return None if value > 0 else "must be greater than 0"
-
-
-def _port(value: int) -> str | None:
-    return None if 0 <= value <= 65535 else "must be a port number between 0 and 65535"
-
-
-# What RFC 3986 allows in a host name (and underscores, as in container
-# names) and in a path; anything else in a URL is refused rather than guessed at.
-_HOST = re.compile(r"[A-Za-z0-9_.-]+")
-_PATH = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@/%-]*")
-
-
-def _url(value: str) -> str | None:
-    """
-    An absolute http(s) URL the gateway can use as it is ("" = not set): an
-    ASCII host (a name with non-ASCII letters must be written in its IDNA
-    form, which the problem shows), a port in range, no user name or
-    password (they would end up in logs), no whitespace.
-    """
-    if value == "":
-        return None
-    if not re.match(r"(?i)https?://", value):
-        return "must be an http:// or https:// URL"
-    if not value.isprintable() or any(c.isspace() for c in value):
-        return "must not hold whitespace or control characters"
-    bad_host = "must have a host and a port number between 1 and 65535"
-    try:
-        parts = urlsplit(value)
-        port = parts.port
-    except ValueError:  # a port that is no number or out of range, a bad [address]
-        return bad_host
-    if "@" in parts.netloc:
-        return "must not hold a user name or password (user@host)"
-    host = parts.hostname or ""
-    if not host.isascii():
-        return "must have an ASCII host; write it in its IDNA form" + _idna_hint(host)
-    bracketed = parts.netloc.startswith("[")  # an IP address urlsplit has checked
-    if not (bracketed or _HOST.fullmatch(host)) or port == 0:
-        return bad_host
-    if not value.isascii():
-        return "must be ASCII (percent-encode the path)"
-    return None
-
-
-def _idna_hint(host: str) -> str:
-    try:
-        return f" ({host.encode('idna').decode('ascii')})"
-    except UnicodeError:
-        return ""
-
-
-def _base_url(value: str) -> str | None:
-    """
-    A provider base URL: a valid L{_url} whose path (if any) becomes the
-    prefix of every forwarded path, so it cannot carry a query or fragment.
-    """
-    problem = _url(value)
-    if problem or value == "":
-        return problem
-    if "?" in value or "#" in value:
-        return "must not have a query (?...) or fragment (#...)"
-    if not _PATH.fullmatch(urlsplit(value).path):
-        return "must have a path of URL characters only (percent-encode the rest)"
-    return None
 
 
 def _setting(default: Any, check: typing.Callable[[Any], str | None] | None = None) -> Any:
@@ -111,25 +44,25 @@ def _section(cls: type) -> Any:
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = _setting("127.0.0.1")
-    port: int = _setting(7680, _port)
-    max_body_size: int = _setting(32 * 1024 * 1024, _positive)  # bytes; larger gets 413
+    port: int = _setting(7680, checks.port_number)
+    max_body_size: int = _setting(32 * 1024 * 1024, checks.positive)  # bytes; larger gets 413
     # To receive a whole request head, from its first byte: a client that
     # trickles its head in is answered 408 and closed.
-    head_timeout: float = _setting(30.0, _positive)
-    body_timeout: float = _setting(60.0, _positive)  # to receive a whole request body
-    shutdown_timeout: float = _setting(30.0, _positive)  # to let in-flight requests finish
+    head_timeout: float = _setting(30.0, checks.positive)
+    body_timeout: float = _setting(60.0, checks.positive)  # to receive a whole request body
+    shutdown_timeout: float = _setting(30.0, checks.positive)  # to let in-flight requests finish
     reuse_port: bool = _setting(False)
 
 
 @dataclass(frozen=True)
 class PostgresConfig:
     host: str = _setting("localhost")
-    port: int = _setting(5432, _port)
+    port: int = _setting(5432, checks.port_number)
     user: str = _setting("postgres")
     password: str = field(default="", repr=False, metadata={"check": None})  # never logged
     database: str = _setting("majordomo")
-    pool_size: int = _setting(4, _positive)
-    connect_timeout: float = _setting(5.0, _positive)
+    pool_size: int = _setting(4, checks.positive)
+    connect_timeout: float = _setting(5.0, checks.positive)
 
     def dsn_parameters(self, database: str | None = None) -> dict[str, Any]:
         """Keyword arguments for C{psycopg2.connect}; the password only if set."""
@@ -149,11 +82,12 @@ class PostgresConfig:
 @dataclass(frozen=True)
 class StorageConfig:
     postgres: PostgresConfig = _section(PostgresConfig)
-    batch_size: int = _setting(500, _positive)
-    flush_interval: float = _setting(0.2, _positive)
+    batch_size: int = _setting(500, checks.positive)
+    flush_interval: float = _setting(0.2, checks.positive)
     spool_dir: str = _setting("")  # "" = <state directory>/spool
-    spool_max_bytes: int = _setting(1024 * 1024 * 1024, _positive)
-    memory_queue_limit: int = _setting(10000, _positive)  # records held in memory; rest on disk
+    spool_max_bytes: int = _setting(1024 * 1024 * 1024, checks.positive)
+    # Records held in memory; the rest wait on disk.
+    memory_queue_limit: int = _setting(10000, checks.positive)
 
     def spool_path(self, env: Mapping[str, str] | None = None) -> str:
         """Where records wait for PostgreSQL: spool_dir, else under the state directory."""
@@ -171,7 +105,7 @@ class StorageConfig:
 
 @dataclass(frozen=True)
 class ProviderConfig:
-    base_url: str = _setting("", _base_url)
+    base_url: str = _setting("", checks.base_url)
 
 
 def _provider(base_url: str) -> Any:
@@ -193,27 +127,23 @@ class ProvidersConfig:
 
 @dataclass(frozen=True)
 class UpstreamConfig:
-    connect_timeout: float = _setting(10.0, _positive)
-    response_timeout: float = _setting(600.0, _positive)
-    idle_timeout: float = _setting(300.0, _positive)  # longest silence inside a response body
-    max_connections_per_host: int = _setting(256, _positive)
+    connect_timeout: float = _setting(10.0, checks.positive)
+    response_timeout: float = _setting(600.0, checks.positive)
+    idle_timeout: float = _setting(300.0, checks.positive)  # longest silence inside a response body
+    max_connections_per_host: int = _setting(256, checks.positive)
 
 
 @dataclass(frozen=True)
 class PricingConfig:
-    remote_url: str = _setting("https://www.llm-prices.com/current-v1.json", _url)
-    refresh_interval: float = _setting(3600.0, _positive)
+    remote_url: str = _setting("https://www.llm-prices.com/current-v1.json", checks.url)
+    refresh_interval: float = _setting(3600.0, checks.positive)
     overrides_file: str = _setting("")
-
-
-def _body_storage(value: str) -> str | None:
-    return None if value in ("none", "s3", "postgres") else "must be none, s3 or postgres"
 
 
 @dataclass(frozen=True)
 class LoggingConfig:
-    body_storage: str = _setting("none", _body_storage)
-    max_body_size: int = _setting(1024 * 1024, _positive)  # bytes kept per body (postgres)
+    body_storage: str = _setting("none", checks.body_storage)
+    max_body_size: int = _setting(1024 * 1024, checks.positive)  # bytes kept per body (postgres)
 
 
 @dataclass(frozen=True)
@@ -221,11 +151,11 @@ class S3Config:
     enabled: bool = _setting(False)
     bucket: str = _setting("")
     region: str = _setting("us-east-1")
-    endpoint: str = _setting("", _url)  # S3-compatible storage (MinIO, R2, ...); "" = AWS
+    endpoint: str = _setting("", checks.url)  # S3-compatible storage (MinIO, R2, ...); "" = AWS
     # Empty: the AWS default credential chain (env, profile, instance role).
     access_key_id: str = field(default="", repr=False, metadata={"check": None})
     secret_access_key: str = field(default="", repr=False, metadata={"check": None})
-    upload_threads: int = _setting(4, _positive)
+    upload_threads: int = _setting(4, checks.positive)
 
 
 @dataclass(frozen=True)
@@ -246,10 +176,6 @@ class Config:
             )
         if self.logging.body_storage == "s3" and not (self.s3.enabled and self.s3.bucket):
             raise ConfigError("logging.body_storage: s3 needs s3.enabled: true and an s3.bucket")
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 # Values and keys quoted in a message: one line, about 100 characters at most,
@@ -290,9 +216,9 @@ def _coerce(key: str, kind: type, value: Any, from_env: bool) -> Any:
         # Floats are durations or sizes: a number of seconds, or "250ms", "5m", "1h".
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        match = _DURATION.match(str(value)) if isinstance(value, str) else None
-        if match:
-            return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        seconds = checks.duration_seconds(value) if isinstance(value, str) else None
+        if seconds is not None:
+            return seconds
         raise ConfigError(
             f"{key}: expected a number of seconds (or 250ms, 30s, 5m, 1h), got {_shown(value)}"
         )

@@ -1,16 +1,19 @@
 # -*- test-case-name: tests.test_gateway -*-
 """
 The running gateway: wires the database, key store, price book, log writer
-and HTTP listener together and starts and stops them in order.
+and HTTP listener together, as the children of one service tree that starts
+them in order and stops them in the reverse order, each after the other
+(L{majordomo.lifecycle.InOrder}).
 
 Stop order matters (DESIGN.md, "Known traps"): stop listening first, then
-flush the log writer, then close the database and the upstream pool.
+drain the requests in flight (bounded), then flush the log writer, then
+finish the body uploads, then close the database and the upstream pool.
 
 Before it listens, the service makes what running out of file descriptors
 under load must not break: the soft RLIMIT_NOFILE raised to the hard limit
 (L{majordomo.fdlimit}), the imports requests would make on first use
 (L{majordomo.preload}), the configured providers' endpoints; and it listens
-on a port that backs off when it cannot accept (L{majordomo.listening}).
+on a port that backs off when it cannot accept (L{majordomo.web.listening}).
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ import sys
 import weakref
 from typing import Any
 
-from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -32,20 +35,22 @@ from majordomo import providers
 from majordomo.bodies import make_body_store
 from majordomo.config import Config
 from majordomo.db import Database
+from majordomo.db.keycache import KeyCache
+from majordomo.db.keys import KeyStore
 from majordomo.fdlimit import DescriptorWatch, raise_open_files_limit
-from majordomo.health import Health, Ready
-from majordomo.keycache import KeyCache
-from majordomo.keys import KeyStore
-from majordomo.limits import limit_request_bodies
-from majordomo.listening import adopt_port, listen_tcp
-from majordomo.logwriter import LogWriter
-from majordomo.metrics import GatewayMetrics, MetricsResource
+from majordomo.inflight import bounded
+from majordomo.ledger.spool import Spool, SpoolError
+from majordomo.ledger.writer import LogWriter, reader_in
+from majordomo.lifecycle import AfterConnected, CannotStart, InOrder, Part, ThreadPoolService
 from majordomo.preload import load_lazy_imports
-from majordomo.pricing_refresh import PricingService
-from majordomo.pricing_show import configured_book
-from majordomo.proxy import Gateway, ProxyResource
-from majordomo.spool import Spool, SpoolError
-from majordomo.upstream import UpstreamClient
+from majordomo.pricing import configured_book
+from majordomo.pricing.refresh import PricingService
+from majordomo.web.health import Health, Ready
+from majordomo.web.limits import limit_request_bodies
+from majordomo.web.listening import adopt_port, listen_tcp
+from majordomo.web.metrics import GatewayMetrics, MetricsResource
+from majordomo.web.proxy import Gateway, ProxyResource
+from majordomo.web.upstream import UpstreamClient
 
 log = Logger()
 
@@ -97,8 +102,15 @@ def _exit_failed() -> None:
     os._exit(1)
 
 
-class GatewayService(service.MultiService):
-    """Majordomo Gateway as one twistd service."""
+class GatewayService(InOrder):
+    """
+    Majordomo Gateway as one twistd service.  Its children, in start order
+    (they stop in the reverse one): the journal (spool), its reader threads,
+    the upstream pool, the PostgreSQL pool, the key cache, body storage, the
+    log writer, live pricing, the request drain, the listening port and the
+    descriptor watch.  The key cache, pricing and the descriptor watch start
+    once PostgreSQL first answers; everything else at once.
+    """
 
     def __init__(self, config: Config, reactor: Any = None) -> None:
         super().__init__()
@@ -109,6 +121,7 @@ class GatewayService(service.MultiService):
         self.db = Database(config.storage.postgres, reactor=reactor)
         self.keys = KeyStore(self.db)
         self.key_cache = KeyCache(self.db, config.storage.postgres, reactor=reactor)
+        self.key_cache.setName("key cache")
         self.pricing = PricingService(
             configured_book(config),
             remote_url=config.pricing.remote_url,
@@ -117,9 +130,11 @@ class GatewayService(service.MultiService):
         )
         self.metrics = GatewayMetrics()
         self.spool = Spool(config.storage.spool_path(), config.storage.spool_max_bytes)
+        self.spool_readers = ThreadPool(minthreads=0, maxthreads=1, name="majordomo-spool-read")
         self.writer = LogWriter(
             self.db,
             self.spool,
+            reader_in(self.spool_readers, reactor),
             batch_size=config.storage.batch_size,
             flush_interval=config.storage.flush_interval,
             memory_limit=config.storage.memory_queue_limit,
@@ -158,6 +173,33 @@ class GatewayService(service.MultiService):
         )
         self.descriptors = DescriptorWatch(reactor)
         self.port: Any = None
+        self._descriptor_limit = ""
+        self._build_tree()
+
+    def _build_tree(self) -> None:
+        """The children, in start order; see the class docstring for why this one."""
+        parts = [
+            Part("journal", self._open_journal, self._close_journal),
+            ThreadPoolService(self.spool_readers),
+            Part("upstream", self._prepare_upstream, self.upstream.close),
+            Part("postgres", self._connect_database, self.db.close),
+            # Not waited for: lookups use PostgreSQL until it listens.
+            AfterConnected(self.key_cache, self.db.when_connected),
+            Part("bodies", self._start_bodies, self._stop_bodies),
+            Part("writer", self.writer.startService, self._stop_writer),
+            AfterConnected(
+                Part("pricing", self._start_pricing, self.pricing.stopService),
+                self.db.when_connected,
+            ),
+            Part("requests", stop=self._drain_requests),
+            Part("listener", self._start_listening, self._stop_listening),
+            AfterConnected(
+                Part("descriptors", self._watch_descriptors, self.descriptors.stop),
+                self.db.when_connected,
+            ),
+        ]
+        for part in parts:
+            part.setServiceParent(self)
 
     def _readiness(self) -> tuple[str | None, dict[str, Any]]:
         """
@@ -177,44 +219,19 @@ class GatewayService(service.MultiService):
             return "request records cannot be journaled (spool full or not writable)", details
         return self.upstream.cannot_forward(), details
 
-    @defer.inlineCallbacks
-    def startService(self) -> Any:
+    def startService(self) -> None:
+        """
+        Start every part (see the class docstring).  A part that cannot
+        start ends the process with exit status 1, see L{_failed_to_start}.
+        """
         host, port = self.config.server.host, self.config.server.port
-        descriptor_limit = raise_open_files_limit()
+        self._descriptor_limit = raise_open_files_limit()
         log.info("Starting Majordomo Gateway on {host}:{port}", host=host, port=port)
-        super().startService()
         load_lazy_imports()
-        for provider in providers.PROVIDERS:
-            if self.config.providers.base_url(provider):
-                self.upstream.prepare(self.config.providers.base_url(provider))
         try:
-            self.writer.replay(self.spool.open())
-        except SpoolError as e:
-            log.critical("Cannot start: {error} (storage.spool_dir)", error=e)
+            super().startService()
+        except CannotStart:
             self._failed_to_start()
-            return
-        self.writer.startService()
-        bodies_started = self.bodies.start()
-        if bodies_started is not None:
-            bodies_started.addErrback(
-                lambda f: log.critical(
-                    "Bodies that cannot be uploaded have nowhere to wait: {error}",
-                    error=f.getErrorMessage(),
-                )
-            )
-        try:
-            self.port = self._listen(host, port)
-        except Exception as e:
-            log.critical("Cannot listen on {host}:{port}: {error}", host=host, port=port, error=e)
-            self._failed_to_start()
-            return
-        yield self.db.start()
-        log.info("Connected to PostgreSQL")
-        self.key_cache.start()  # not waited for: lookups use PostgreSQL until it listens
-        self.pricing.startService()
-        log.info("Pricing data loaded ({count} models)", count=len(self.pricing.book))
-        log.info("{descriptor_limit}", descriptor_limit=descriptor_limit)
-        self.descriptors.start()
 
     def _failed_to_start(self) -> None:
         """
@@ -225,6 +242,83 @@ class GatewayService(service.MultiService):
         """
         self._reactor.callWhenRunning(self._reactor.stop)
         self._reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
+
+    # The parts' own steps, in start order.
+
+    def _open_journal(self) -> None:
+        try:
+            self.writer.replay(self.spool.open())
+        except SpoolError as e:
+            log.critical("Cannot start: {error} (storage.spool_dir)", error=e)
+            raise CannotStart() from e
+
+    def _close_journal(self) -> None:
+        if self.writer.queued:
+            log.info(
+                "{n} request records stay in the spool for the next start", n=self.writer.queued
+            )
+        self.spool.close()
+
+    def _prepare_upstream(self) -> None:
+        for provider in providers.PROVIDERS:
+            if self.config.providers.base_url(provider):
+                self.upstream.prepare(self.config.providers.base_url(provider))
+
+    def _connect_database(self) -> defer.Deferred[None]:
+        connected = self.db.start()
+        connected.addCallback(self._connected)
+        return connected
+
+    def _connected(self, _: object) -> None:
+        if self.running:  # not while a gateway that could not start stops
+            log.info("Connected to PostgreSQL")
+
+    def _start_bodies(self) -> defer.Deferred[None] | None:
+        started = self.bodies.start()
+        if started is not None:
+            started.addErrback(
+                lambda f: log.critical(
+                    "Bodies that cannot be uploaded have nowhere to wait: {error}",
+                    error=f.getErrorMessage(),
+                )
+            )
+        return started
+
+    def _stop_bodies(self) -> defer.Deferred[None]:
+        return bounded(self.bodies.stop(), 10.0, self._reactor)
+
+    def _stop_writer(self) -> defer.Deferred[None]:
+        return bounded(self.writer.stopService(), 10.0, self._reactor)
+
+    def _start_pricing(self) -> None:
+        self.pricing.startService()
+        log.info("Pricing data loaded ({count} models)", count=len(self.pricing.book))
+
+    def _drain_requests(self) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(self._drain())
+
+    async def _drain(self) -> None:
+        """
+        Let in-flight requests finish (up to server.shutdown_timeout), then
+        close client connections and wait for the requests just cut.
+        """
+        if self.proxy.in_flight:
+            log.info("Waiting for {n} requests in flight", n=self.proxy.in_flight)
+        await bounded(self.proxy.drained(), self.config.server.shutdown_timeout, self._reactor)
+        for channel in list(self.site.connections):
+            if channel.transport is not None:
+                channel.transport.loseConnection()
+        # The requests just cut still add their rows (the client left, the
+        # relay stops): wait for them before the log writer stops.
+        await bounded(self.proxy.drained(), 5.0, self._reactor)
+
+    def _start_listening(self) -> None:
+        host, port = self.config.server.host, self.config.server.port
+        try:
+            self.port = self._listen(host, port)
+        except Exception as e:
+            log.critical("Cannot listen on {host}:{port}: {error}", host=host, port=port, error=e)
+            raise CannotStart() from e
 
     def _listen(self, host: str, port: int) -> Any:
         """Listen; with server.reuse_port, on a socket other processes may share."""
@@ -240,41 +334,10 @@ class GatewayService(service.MultiService):
             # The port takes its own copy of the descriptor.
             return adopt_port(self._reactor, shared.fileno(), family, self.site)
 
-    @defer.inlineCallbacks
-    def stopService(self) -> Any:
-        """
-        Stop in order: stop accepting, let in-flight requests finish (up to
-        server.shutdown_timeout), close client connections, write what
-        PostgreSQL takes (the rest stays journaled for the next start), close.
-        """
-        self.descriptors.stop()
-        if self.port is not None:
-            yield self.port.stopListening()
-        if self.proxy.in_flight:
-            log.info("Waiting for {n} requests in flight", n=self.proxy.in_flight)
-        yield _bounded(self.proxy.drained(), self.config.server.shutdown_timeout, self._reactor)
-        for channel in list(self.site.connections):
-            if channel.transport is not None:
-                channel.transport.loseConnection()
-        # The requests just cut still add their rows (the client left, the
-        # relay stops): wait for them before the log writer stops.
-        yield _bounded(self.proxy.drained(), 5.0, self._reactor)
-        if self.pricing.running:
-            yield self.pricing.stopService()
-        yield super().stopService()
-        if self.writer.running:
-            yield _bounded(self.writer.stopService(), 10.0, self._reactor)
-        yield _bounded(self.bodies.stop(), 10.0, self._reactor)
-        if self.writer.queued:
-            log.info(
-                "{n} request records stay in the spool for the next start", n=self.writer.queued
-            )
-        self.key_cache.stop()
-        self.db.close()
-        yield self.upstream.close()
+    def _stop_listening(self) -> defer.Deferred[None] | None:
+        stopped: defer.Deferred[None] | None = self.port.stopListening()
+        return stopped
 
-
-def _bounded(d: defer.Deferred[Any], seconds: float, reactor: Any) -> defer.Deferred[Any]:
-    """C{d}, or nothing after C{seconds}: shutdown must not hang."""
-    d.addTimeout(seconds, reactor)
-    return d.addErrback(lambda f: f.trap(defer.TimeoutError, defer.CancelledError))
+    def _watch_descriptors(self) -> None:
+        log.info("{descriptor_limit}", descriptor_limit=self._descriptor_limit)
+        self.descriptors.start()

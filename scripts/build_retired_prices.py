@@ -7,7 +7,7 @@ Usage: build_retired_prices.py [--index SIMPLE.json] [--current CURRENT.json]
 
 Each WHEEL is a C{litellm-X.Y.Z-*.whl} from PyPI (any order).  For every entry
 of a provider we route (the providers of C{filter_litellm_prices.py}) whose
-price-table id (C{majordomo.pricing_sources.parse_litellm}'s table and
+price-table id (C{majordomo.pricing.litellm.parse_litellm}'s table and
 C{normalise_model}'s id) is missing from CURRENT (default: the bundled
 C{majordomo/data/litellm-model-prices.json}), OUTPUT gets the entry of the
 newest wheel that had it, unchanged, plus two fields naming where it came
@@ -34,7 +34,8 @@ from typing import Any
 REPOSITORY = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPOSITORY))
 
-from majordomo.pricing_sources import PricingError, normalise_model, parse_litellm  # noqa: E402
+from majordomo.pricing.litellm import parse_litellm  # noqa: E402
+from majordomo.pricing.prices import PricingError, normalise_model  # noqa: E402
 
 ROUTED_PROVIDERS = frozenset({"openai", "text-completion-openai", "anthropic", "gemini", "azure"})
 TABLE_OF_PROVIDER = {

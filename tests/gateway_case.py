@@ -11,7 +11,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from majordomo.keys import KeyStore
+from majordomo.db.keys import KeyStore
 from majordomo.service import GatewayService
 from tests import support
 

@@ -22,7 +22,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from majordomo.config import Config, PostgresConfig, load_config
-from majordomo.schema import schema_sql
+from majordomo.db.schema import schema_sql
 
 PG_HOST = os.environ.get("MAJORDOMO_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("MAJORDOMO_TEST_PG_PORT", "5432"))

@@ -33,10 +33,10 @@ from majordomo.bodies import (
     make_body_store,
     object_key,
 )
-from majordomo.bodies_s3 import S3BodyStore, UploadTuning
+from majordomo.bodies.parking import ParkedBodies
+from majordomo.bodies.s3 import S3BodyStore, UploadTuning
 from majordomo.config import Config, load_config
-from majordomo.parking import ParkedBodies
-from majordomo.spool import Spool
+from majordomo.ledger.spool import Spool
 
 BUCKET = "majordomo-logs"
 KEY_ID = "a1b2c3d4-e5f6-7890-abcd-ef0123456789"

@@ -35,9 +35,9 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from majordomo import listening
-from majordomo.listening import listen_tcp
-from majordomo.upstream import LOCAL_FAILURES_UNREADY, UpstreamClient
+from majordomo.web import listening
+from majordomo.web.listening import listen_tcp
+from majordomo.web.upstream import LOCAL_FAILURES_UNREADY, UpstreamClient
 from tests import support
 from tests.raw_http import parse, request_bytes, send
 from tests.test_tap import free_port

@@ -16,7 +16,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
 
-from majordomo.keys import KeyStore
+from majordomo.db.keys import KeyStore
 from tests import support
 from tests.gateway_case import GatewayTestCase
 from tests.guide import GUIDE_BY_KEY, GUIDE_BY_MODEL, GUIDE_DAILY

@@ -17,7 +17,8 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 
-from majordomo import limits, metadata
+from majordomo import metadata
+from majordomo.web import limits
 from tests import support
 from tests.gateway_case import GatewayTestCase
 from tests.test_limits import Echo, WireClient, _head, _response

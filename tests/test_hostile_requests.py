@@ -20,10 +20,11 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
-from majordomo import proxy, request_fields
-from majordomo.keys import KeyStore
+from majordomo.db.keys import KeyStore
+from majordomo.providers import request_fields
 from majordomo.service import GatewayService
 from majordomo.usage.openai import inject_include_usage
+from majordomo.web import request_log
 from tests import raw_http, support
 
 CHAT = b"/v1/chat/completions"
@@ -138,7 +139,7 @@ def _hostile_targets(path: bytes, trap_port: int) -> list[bytes]:
 
 
 # Refused by twisted.web's request-line parser, before any header is read:
-# a 400 (majordomo.limits answers it), with no key seen and so no row.
+# a 400 (majordomo.web.limits answers it), with no key seen and so no row.
 UNPARSED_TARGETS = [CHAT + b"\x01", CHAT + b"\x7f", CHAT + b"\x00"]
 
 
@@ -395,14 +396,14 @@ class UnpricedWarningTests(SynchronousTestCase):
         warned: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(warned.append)
         self.addCleanup(globalLogPublisher.removeObserver, warned.append)
-        resource = proxy.ProxyResource(None)  # type: ignore[arg-type]
+        unpriced = request_log.UnpricedModels()
         for i in range(1500):
-            resource._note_unpriced("openai", f"{i:05d}" + "m" * 50_000)
-        resource._note_unpriced("openai", "00001" + "m" * 50_000)
-        self.assertEqual(len(resource.unpriced), proxy.MAX_UNPRICED_MODELS)
-        self.assertEqual(resource.unpriced["openai", "00001" + "m" * 195], 2)
-        warnings = [e for e in warned if e.get("log_namespace") == "majordomo.proxy"]
-        self.assertEqual(len(warnings), proxy.MAX_UNPRICED_MODELS + 1)
+            unpriced.note("openai", f"{i:05d}" + "m" * 50_000)
+        unpriced.note("openai", "00001" + "m" * 50_000)
+        self.assertEqual(len(unpriced.counts), request_log.MAX_UNPRICED_MODELS)
+        self.assertEqual(unpriced.counts["openai", "00001" + "m" * 195], 2)
+        warnings = [e for e in warned if e.get("log_namespace") == request_log.log.namespace]
+        self.assertEqual(len(warnings), request_log.MAX_UNPRICED_MODELS + 1)
         self.assertLess(max(len(e.get("model", "")) for e in warnings), 300)
 
 

@@ -1,5 +1,5 @@
 """
-Tests for L{majordomo.json_members}: the top-level members of a JSON object,
+Tests for L{majordomo.usage.json_members}: the top-level members of a JSON object,
 read chunk by chunk without building the document.
 """
 
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from majordomo.json_members import (
+from majordomo.usage.json_members import (
     BYTES_PER_STEP,
     MAX_CREDIT,
     MAX_KEPT,

@@ -15,8 +15,8 @@ from twisted.protocols import portforward
 from twisted.trial.unittest import TestCase
 
 from majordomo.db import Database
-from majordomo.keycache import LISTENER_APPLICATION_NAME, KeyCache
-from majordomo.keys import KEYS_CHANNEL, KeyStore, generate_key, hash_key
+from majordomo.db.keycache import LISTENER_APPLICATION_NAME, KeyCache
+from majordomo.db.keys import KEYS_CHANNEL, KeyStore, generate_key, hash_key
 from tests import support
 
 
@@ -99,9 +99,9 @@ class KeyCacheTests(TestCase):
     async def cache(self, config: Any = None, start: bool = True, **kwargs: Any) -> KeyCache:
         """A KeyCache stopped at cleanup; started and listening unless C{start} is False."""
         cache = KeyCache(self.db, config or support.pg_config(), reactor=reactor, **kwargs)
-        self.addCleanup(cache.stop)
+        self.addCleanup(cache.stopService)
         if start:
-            await cache.start()
+            await cache.startService()
             self.assertTrue(cache.trusted)
         return cache
 
@@ -188,10 +188,10 @@ class KeyCacheTests(TestCase):
             for _ in range(3):
                 self.assertEqual(await self.queries(cache, key_hash), (key_id, 1))
             self.assertEqual(cache.size, 0)
-            await cache.start()
+            await cache.startService()
             await cache.authenticate(key_hash)
             self.assertEqual(await self.queries(cache, key_hash), (key_id, 0))
-            cache.stop()
+            cache.stopService()
             self.assertFalse(cache.trusted)
             self.assertEqual(await self.queries(cache, key_hash), (key_id, 1))
 
@@ -202,8 +202,8 @@ class KeyCacheTests(TestCase):
 
         async def go() -> None:
             cache = await self.cache(start=False)
-            cache.start()
-            cache.stop()
+            cache.startService()
+            cache.stopService()
             await _sleep(0.2)
             self.assertFalse(cache.trusted)
 

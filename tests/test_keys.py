@@ -14,8 +14,15 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from txpostgres import txpostgres
 
 from majordomo.db import Database
+from majordomo.db.keys import (
+    KEY_PREFIX,
+    KEYS_CHANNEL,
+    KeyNotFound,
+    KeyStore,
+    generate_key,
+    hash_key,
+)
 from majordomo.ids import uuid7
-from majordomo.keys import KEY_PREFIX, KEYS_CHANNEL, KeyNotFound, KeyStore, generate_key, hash_key
 from tests import support
 
 

@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from majordomo.limits import LINGER_BYTES, LINGER_SECONDS, limit_request_bodies
+from majordomo.web.limits import LINGER_BYTES, LINGER_SECONDS, limit_request_bodies
 from tests import support
 from tests.gateway_case import GatewayTestCase
 

@@ -45,7 +45,7 @@ class MessageTests(SynchronousTestCase):
         ):
             out = io.StringIO()
             self.patch(sys, "stdout", out)
-            log = Logger(namespace="majordomo.proxy", observer=LogPublisher(make()))
+            log = Logger(namespace="majordomo.web.proxy", observer=LogPublisher(make()))
             log.info(
                 "{request_line}", request_line="POST /v1/chat/completions 200", status_code=200
             )

@@ -13,19 +13,21 @@ import os
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
+import psycopg2
 from twisted.internet import defer, reactor, task
 from twisted.protocols import portforward
-from twisted.trial.unittest import TestCase
+from twisted.python.threadpool import ThreadPool
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from majordomo.db import Database
+from majordomo.db.keys import hash_key
 from majordomo.ids import uuid7
-from majordomo.keys import hash_key
-from majordomo.logwriter import LogWriter, encode_record
-from majordomo.pricing import Cost
-from majordomo.record import RequestRecord
-from majordomo.spool import Spool
+from majordomo.ledger.record import RequestRecord
+from majordomo.ledger.spool import Segment, Spool, read_segment
+from majordomo.ledger.writer import LogWriter, encode_record, reader_in
+from majordomo.pricing.cost import Cost
 from majordomo.usage import COMPLETE, ERROR_NOT_BILLED, Usage
 from tests import support
 
@@ -93,6 +95,7 @@ class LogWriterTestCase(TestCase):
 
     def setUp(self) -> defer.Deferred[None]:
         support.fresh_database()
+        self.spools: dict[LogWriter, Spool] = {}
         self.db = Database(support.pg_config(), reactor=reactor, pool_size=2)
         self.addCleanup(self.db.close)
         self.key_id = str(uuid.uuid4())
@@ -118,9 +121,13 @@ class LogWriterTestCase(TestCase):
         spool = Spool(spool_dir or self.mktemp(), max_bytes=64 * 1024 * 1024)
         left_over = spool.open()
         self.addCleanup(spool.close)
+        readers = ThreadPool(minthreads=0, maxthreads=1, name="test-spool-read")
+        readers.start()
+        self.addCleanup(readers.stop)
         writer = LogWriter(
             db or self.db,
             spool,
+            reader_in(readers, reactor),
             batch_size=batch_size,
             flush_interval=flush_interval,
             memory_limit=memory_limit,
@@ -129,6 +136,7 @@ class LogWriterTestCase(TestCase):
         writer.replay(left_over)
         writer.startService()
         self.addCleanup(lambda: writer.stopService() if writer.running else None)
+        self.spools[writer] = spool
         return writer
 
     def records(self, count: int, start: datetime = ARRIVED) -> list[dict[str, Any]]:
@@ -137,50 +145,7 @@ class LogWriterTestCase(TestCase):
 
 
 class BatchingTests(LogWriterTestCase):
-    """Records are written when a batch is full, on the timer, or on flush()."""
-
-    def test_full_batch_written_at_once(self) -> defer.Deferred[None]:
-        """
-        With batch_size=3 and an hour-long timer, the third add() writes all
-        three records as one batch; two more records, fewer than a batch, stay
-        queued because only the timer or flush() would write them.
-        """
-
-        async def go() -> None:
-            writer = self.writer(batch_size=3, flush_interval=3600)
-            records = self.records(5)
-            for record in records[:3]:
-                writer.add(record)
-            self.assertEqual(writer.queued, 3)  # the batch is being written
-            await support.wait_for(lambda: writer.queued == 0, timeout=5)
-            self.assertEqual(stored_ids(), [r["id"] for r in records[:3]])
-            self.assertEqual(writer.rows_written, 3)
-
-            for record in records[3:]:
-                writer.add(record)
-            await sleep(0.3)
-            self.assertEqual(writer.queued, 2)
-            self.assertEqual(len(stored_ids()), 3)
-
-        return support.as_deferred(go())
-
-    def test_timer_writes_partial_batch(self) -> defer.Deferred[None]:
-        """
-        Fewer records than batch_size are not written by add() itself, but are
-        written by the next tick of the flush_interval timer.
-        """
-
-        async def go() -> None:
-            writer = self.writer(batch_size=100, flush_interval=0.05)
-            records = self.records(2)
-            for record in records:
-                writer.add(record)
-            self.assertEqual(writer.queued, 2)
-            await support.wait_for(lambda: writer.queued == 0, timeout=5)
-            self.assertEqual(stored_ids(), [r["id"] for r in records])
-            self.assertEqual(writer.rows_written, 2)
-
-        return support.as_deferred(go())
+    """On PostgreSQL, flush() and stopService() write what is queued (timers: L{ClockedTests})."""
 
     def test_flush_writes_partial_batch(self) -> defer.Deferred[None]:
         """
@@ -528,6 +493,7 @@ class UnavailableTests(LogWriterTestCase):
             self.assertEqual(stored_ids(), [])
 
             await waiting.stopService()
+            self.spools[waiting].close()  # as the service tree does after the writer stops
             ids = [r["id"] for r in records]
             self.assertEqual(spooled(spool_dir), ids)
 
@@ -630,3 +596,144 @@ class UnavailableTests(LogWriterTestCase):
             self.assertEqual(support.run_sql("SELECT request_count FROM api_keys"), [(7,)])
 
         return support.as_deferred(go())
+
+
+class _Batches:
+    """
+    A Database stand-in for L{LogWriter}: each run_operation is one batch,
+    answered (or failed) by the test.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], defer.Deferred[None]]] = []
+
+    def run_operation(self, sql: str, params: Any = None) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        self.calls.append(([record["id"] for record in json.loads(params[0])], d))
+        return d
+
+    def answer(self) -> list[str]:
+        """Commit the oldest batch not yet answered; returns its ids."""
+        ids, d = next((ids, d) for ids, d in self.calls if not d.called)
+        d.callback(None)
+        return ids
+
+    def refuse_all(self) -> None:
+        """Every batch not yet answered fails as if PostgreSQL were unreachable."""
+        for _, d in self.calls:
+            if not d.called:
+                d.errback(psycopg2.OperationalError("server closed the connection"))
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for _, d in self.calls if not d.called)
+
+
+class ClockedTests(SynchronousTestCase):
+    """The writer's timing, on a L{task.Clock} and an in-memory stand-in for PostgreSQL."""
+
+    def writer(self, batch_size: int, flush_interval: float, memory_limit: int = 10000) -> None:
+        self.clock = task.Clock()
+        self.db = _Batches()
+        self.spool = Spool(self.mktemp(), max_bytes=64 * 1024 * 1024)
+        self.spool.open()
+        self.addCleanup(self.spool.close)
+        self.reads = 0
+
+        def read(segment: Segment) -> defer.Deferred[list[str]]:
+            self.reads += 1
+            return defer.succeed(read_segment(segment))
+
+        self.log_writer = LogWriter(
+            cast(Database, self.db),
+            self.spool,
+            read,
+            batch_size=batch_size,
+            flush_interval=flush_interval,
+            memory_limit=memory_limit,
+            clock=self.clock,
+        )
+        self.log_writer.startService()
+
+    def records(self, count: int) -> list[dict[str, Any]]:
+        return [answered(ARRIVED + timedelta(seconds=i), "key") for i in range(count)]
+
+    def test_full_batch_written_at_once(self) -> None:
+        """
+        With batch_size=3 and an hour-long timer, the third add() writes the
+        three records as one batch; two more stay queued until the timer
+        ticks, an hour later.
+        """
+        self.writer(batch_size=3, flush_interval=3600)
+        records = self.records(5)
+        for record in records[:3]:
+            self.log_writer.add(record)
+        self.assertEqual(self.db.answer(), [r["id"] for r in records[:3]])
+        self.assertEqual((self.log_writer.queued, self.log_writer.rows_written), (0, 3))
+
+        for record in records[3:]:
+            self.log_writer.add(record)
+        self.clock.advance(3599)
+        self.assertEqual((self.db.waiting, self.log_writer.queued), (0, 2))
+        self.clock.advance(1)
+        self.assertEqual(self.db.answer(), [r["id"] for r in records[3:]])
+        self.assertEqual(self.log_writer.queued, 0)
+
+    def test_batches_wait_in_order_while_unavailable(self) -> None:
+        """
+        A batch PostgreSQL cannot take stays first in line: every tick tries
+        it again, and once it is taken the batches behind it follow, in order.
+        """
+        self.writer(batch_size=2, flush_interval=1)
+        records = self.records(4)
+        for record in records:
+            self.log_writer.add(record)
+        self.db.refuse_all()
+        self.assertEqual(self.log_writer.queued, 4)
+        self.clock.advance(1)
+        self.assertEqual(self.db.calls[-1][0], [r["id"] for r in records[:2]])
+        self.assertEqual(self.db.answer(), [r["id"] for r in records[:2]])
+        self.clock.advance(1)
+        self.assertEqual(self.db.answer(), [r["id"] for r in records[2:]])
+        self.assertEqual((self.log_writer.queued, self.log_writer.rows_written), (0, 4))
+
+    def test_flush_retries_stop_gives_up(self) -> None:
+        """
+        flush() keeps trying every flush_interval while PostgreSQL is away and
+        fires once the records are committed; stopService() tries once and
+        fires even though PostgreSQL refused, leaving the records in the spool.
+        """
+        self.writer(batch_size=100, flush_interval=5)
+        self.log_writer.add(self.records(1)[0])
+        flushed = self.log_writer.flush()
+        self.db.refuse_all()
+        self.assertNoResult(flushed)
+        self.clock.advance(5)
+        self.db.answer()
+        self.successResultOf(flushed)
+
+        self.log_writer.add(self.records(2)[1])
+        stopped = self.log_writer.stopService()
+        self.db.refuse_all()
+        self.successResultOf(stopped)
+        self.assertEqual(self.log_writer.queued, 1)
+
+    def test_backlog_beyond_memory_limit_read_back(self) -> None:
+        """
+        Batches past memory_limit are kept only in the spool and read back
+        (through the writer's reader, never in the reactor) when their turn
+        comes; every record is still written, in order, one batch a tick.
+        """
+        self.writer(batch_size=2, flush_interval=1, memory_limit=2)
+        records = self.records(6)
+        for record in records:
+            self.log_writer.add(record)
+        self.db.refuse_all()
+        self.assertEqual(self.reads, 0)
+        written: list[str] = []
+        for _ in range(3):  # one batch a tick
+            self.clock.advance(1)
+            written += self.db.answer()
+        self.assertEqual(written, [r["id"] for r in records])
+        self.assertEqual(self.reads, 2)
+        self.assertEqual(self.log_writer.queued, 0)

@@ -14,8 +14,8 @@ from twisted.internet import defer, threads
 from twisted.trial.unittest import SynchronousTestCase
 
 from majordomo.ids import uuid7
+from majordomo.ledger.record import RequestRecord
 from majordomo.metadata import MetadataError, canonical, distinct_estimate, extract
-from majordomo.record import RequestRecord
 from tests import support
 from tests.gateway_case import GatewayTestCase
 from tests.guide import GUIDE_BY_USER

@@ -8,7 +8,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer
 
-from majordomo import metrics
+from majordomo.web import metrics
 from tests import support
 from tests.gateway_case import GatewayTestCase
 from tests.test_gateway import GUIDE_BODY

@@ -1,5 +1,5 @@
 """
-Tests for L{majordomo.pricing} and L{majordomo.pricing_sources}: the cost
+Tests for L{majordomo.pricing} and the sources of its prices: the cost
 vectors, the bundled table, model matching, overrides and remote price data.
 """
 
@@ -13,15 +13,12 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from majordomo import pricing
-from majordomo.pricing import BUNDLED_VERSION, Cost, PriceBook, describe
-from majordomo.pricing_sources import (
-    ModelPrice,
-    PriceTier,
-    PricingError,
-    load_overrides_file,
-    parse_overrides,
-    parse_remote_prices,
-)
+from majordomo.cli.pricing import describe
+from majordomo.pricing import BUNDLED_VERSION, PriceBook
+from majordomo.pricing.cost import Cost
+from majordomo.pricing.overrides import load_overrides_file, parse_overrides
+from majordomo.pricing.prices import ModelPrice, PriceTier, PricingError
+from majordomo.pricing.sources import parse_remote_prices
 from majordomo.usage import COMPLETE, ERROR_NOT_BILLED, PARTIAL_STREAM_TRUNCATED, Usage
 from tests.vectors import (
     TOKEN_FIELDS,

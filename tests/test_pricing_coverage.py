@@ -16,8 +16,8 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from majordomo.pricing_coverage import seen_query, table_model
-from majordomo.pricing_sources import ModelPrice, PriceTier
+from majordomo.cli.coverage import seen_query, table_model
+from majordomo.pricing.prices import ModelPrice, PriceTier
 from tests import support
 from tests.test_cli import majordomo
 

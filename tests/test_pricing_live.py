@@ -10,7 +10,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 
-from majordomo.keys import KeyStore
+from majordomo.db.keys import KeyStore
 from majordomo.service import GatewayService
 from tests import support
 

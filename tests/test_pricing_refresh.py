@@ -20,8 +20,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from majordomo.pricing import PriceBook
-from majordomo.pricing_refresh import PricingService
-from majordomo.pricing_sources import ModelPrice, PricingError, fetch_url
+from majordomo.pricing.prices import ModelPrice, PricingError
+from majordomo.pricing.refresh import PricingService
+from majordomo.pricing.sources import fetch_url
 
 URL = "https://prices.example/current-v1.json"
 BASE = PriceBook({"openai": {"gpt-4o": ModelPrice(input=Decimal("0.0000025"))}}, "bundled")

@@ -1,5 +1,5 @@
 """
-Tests for L{majordomo.pricing_retired}: the shipped last prices of models
+Tests for L{majordomo.pricing.retired}: the shipped last prices of models
 LiteLLM's live table dropped, their provenance, their corrections, and the
 retired-model vectors (tests/vectors 150-179) priced from them alone.
 """
@@ -15,7 +15,9 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from majordomo.pricing import PriceBook
-from majordomo.pricing_retired import (
+from majordomo.pricing.litellm import parse_litellm
+from majordomo.pricing.prices import ModelPrice, PricingError
+from majordomo.pricing.retired import (
     RETIRED_FILE,
     RetiredPrices,
     add,
@@ -23,7 +25,6 @@ from majordomo.pricing_retired import (
     load_retired,
     parse_retired,
 )
-from majordomo.pricing_sources import ModelPrice, PricingError, parse_litellm
 from majordomo.usage import Usage
 from tests.vectors import TOKEN_FIELDS, expected_costs, load_vector, vector_files
 

@@ -8,6 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
 from majordomo import providers
+from majordomo.providers import secrets
 
 
 class DetectProviderTests(SynchronousTestCase):
@@ -41,22 +42,22 @@ class SecretTests(SynchronousTestCase):
     def test_secret_locations(self) -> None:
         """Authorization, x-api-key, api-key, x-goog-api-key and ?key= are all found."""
         self.assertEqual(
-            providers.provider_secret("openai", {"authorization": "Bearer sk-1"}, ""), "sk-1"
+            secrets.provider_secret("openai", {"authorization": "Bearer sk-1"}, ""), "sk-1"
         )
-        self.assertEqual(providers.provider_secret("anthropic", {"x-api-key": "a"}, ""), "a")
-        self.assertEqual(providers.provider_secret("azure", {"api-key": "z"}, ""), "z")
-        self.assertEqual(providers.provider_secret("gemini", {"x-goog-api-key": "g"}, ""), "g")
-        self.assertEqual(providers.provider_secret("gemini", {}, "alt=sse&key=AIzaX"), "AIzaX")
-        self.assertIsNone(providers.provider_secret("openai", {}, ""))
-        self.assertEqual(providers.hash_secret("sk-1"), hashlib.sha256(b"sk-1").hexdigest())
+        self.assertEqual(secrets.provider_secret("anthropic", {"x-api-key": "a"}, ""), "a")
+        self.assertEqual(secrets.provider_secret("azure", {"api-key": "z"}, ""), "z")
+        self.assertEqual(secrets.provider_secret("gemini", {"x-goog-api-key": "g"}, ""), "g")
+        self.assertEqual(secrets.provider_secret("gemini", {}, "alt=sse&key=AIzaX"), "AIzaX")
+        self.assertIsNone(secrets.provider_secret("openai", {}, ""))
+        self.assertEqual(secrets.hash_secret("sk-1"), hashlib.sha256(b"sk-1").hexdigest())
 
     def test_redact_path(self) -> None:
         """A key in the query string never reaches a stored path; the rest stays."""
         self.assertEqual(
-            providers.redact_path("/v1beta/models/g:generateContent?key=AIzaSECRET&alt=sse"),
+            secrets.redact_path("/v1beta/models/g:generateContent?key=AIzaSECRET&alt=sse"),
             "/v1beta/models/g:generateContent?key=REDACTED&alt=sse",
         )
-        self.assertEqual(providers.redact_path("/v1/chat/completions"), "/v1/chat/completions")
+        self.assertEqual(secrets.redact_path("/v1/chat/completions"), "/v1/chat/completions")
 
     def test_request_facts(self) -> None:
         """The requested model comes from the body, Gemini's path, or Azure's deployment."""

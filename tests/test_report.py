@@ -18,7 +18,8 @@ from twisted.internet import defer, protocol, reactor, task
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from majordomo import cli, report
+from majordomo import cli
+from majordomo.cli import report
 from tests import support
 from tests.guide import GUIDE_BY_KEY, GUIDE_BY_MODEL, GUIDE_BY_USER, GUIDE_DAILY
 from tests.test_cli import majordomo

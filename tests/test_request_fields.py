@@ -1,5 +1,5 @@
 """
-L{majordomo.request_fields} reads what C{json.loads} would, without building
+L{majordomo.providers.request_fields} reads what C{json.loads} would, without building
 the document: the same values for the members it wants, offsets that hold
 exactly those values, and None for whatever is not one JSON object.
 """
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
 
-from majordomo import request_fields
+from majordomo.providers import request_fields
 
 _SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
 _VALUES = st.recursive(

@@ -19,7 +19,7 @@ from twisted.internet import defer, error, protocol, reactor, task, utils
 from twisted.trial.unittest import TestCase
 from twisted.web.http_headers import Headers
 
-from majordomo.keycache import LISTENER_APPLICATION_NAME
+from majordomo.db.keycache import LISTENER_APPLICATION_NAME
 from tests import support
 from tests.test_tap import free_port
 

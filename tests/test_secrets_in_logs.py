@@ -18,7 +18,7 @@ from twisted.internet import defer, error, protocol, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.server import Site
 
-from majordomo import providers
+from majordomo.providers import secrets
 from tests import raw_http, support
 from tests.test_tap import _Output, free_port
 
@@ -218,5 +218,5 @@ class RedactPathTests(SynchronousTestCase):
             "/v1/models?a=ER3T&&stree&key&y%64y": "/v1/models?a=ER3T&&stree&key=REDACTED&y%64y",
         }
         for path, redacted in cases.items():
-            self.assertEqual(providers.redact_path(path), redacted, path)
-            self.assertEqual(providers.redact_path(redacted), redacted)
+            self.assertEqual(secrets.redact_path(path), redacted, path)
+            self.assertEqual(secrets.redact_path(redacted), redacted)

@@ -17,15 +17,13 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import provider
 
 from majordomo import pricing
-from majordomo.pricing import PriceBook, describe
-from majordomo.pricing_sources import (
-    ModelPrice,
-    PricingError,
-    load_bundled,
-    parse_litellm,
-    parse_overrides,
-    service_tier_name,
-)
+from majordomo.cli.pricing import describe
+from majordomo.pricing import PriceBook
+from majordomo.pricing import cost as pricing_cost
+from majordomo.pricing.cost import Cost
+from majordomo.pricing.litellm import load_bundled, parse_litellm
+from majordomo.pricing.overrides import parse_overrides
+from majordomo.pricing.prices import ModelPrice, PricingError, service_tier_name
 from majordomo.usage import COMPLETE, Usage
 from tests.test_cli import majordomo
 from tests.vectors import TOKEN_FIELDS, load_vector, own_vector_files, vector_parser
@@ -90,7 +88,7 @@ def usage(tier: str | None, prompt: int, cached: int = 0, output: int = 1000) ->
     )
 
 
-def total(cost: pricing.Cost) -> Decimal | None:
+def total(cost: Cost) -> Decimal | None:
     return cost.total_cost
 
 
@@ -186,7 +184,7 @@ class CostAtServiceTierTests(SynchronousTestCase):
 
         @provider(ILogObserver)
         def observe(event: dict[str, Any]) -> None:
-            if event.get("log_namespace") == pricing.log.namespace:
+            if event.get("log_namespace") == pricing_cost.log.namespace:
                 self.warnings.append(event)
 
         globalLogPublisher.addObserver(observe)
@@ -260,7 +258,7 @@ class CostAtServiceTierTests(SynchronousTestCase):
 
     def test_warnings_bounded(self) -> None:
         """Unpriced tiers are warned about for the first MAX_UNPRICED_SERVICE_TIERS only."""
-        self.patch(pricing, "MAX_UNPRICED_SERVICE_TIERS", 3)
+        self.patch(pricing_cost, "MAX_UNPRICED_SERVICE_TIERS", 3)
         shared = book()
         for n in range(10):
             shared.cost("openai", usage(f"tier-{n}", 1000))

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from majordomo.spool import Spool, SpoolError, read_segment
+from majordomo.ledger.spool import Spool, SpoolError, read_segment
 
 
 @contextlib.contextmanager

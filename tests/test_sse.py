@@ -1,5 +1,5 @@
 """
-Tests for L{majordomo.sse}: the incremental SSE and JSON-array splitters.
+Tests for L{majordomo.usage.sse}: the incremental SSE and JSON-array splitters.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from majordomo.sse import JSONArrayParser, SSEEvent, SSEParser
+from majordomo.usage.sse import JSONArrayParser, SSEEvent, SSEParser
 
 STREAM = (
     b': keep-alive\nevent: first\ndata: one\n\ndata: {"a": 1}\ndata:two lines\n\ndata: [DONE]\n\n'

@@ -4,7 +4,7 @@ in strings (NUL, lone surrogates) or counts (beyond bigint, negative, not
 integers), the row is made storable before it is journaled, its counts are
 NULL with usage_status C{invalid_usage} rather than 0 and C{complete}, and a
 row PostgreSQL still refuses is stored again in a reduced form, counted
-against its key (L{majordomo.storable}, L{majordomo.logwriter}).
+against its key (L{majordomo.ledger.storable}, L{majordomo.ledger.writer}).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
-from majordomo import storable
-from majordomo.logwriter import encode_record
-from majordomo.pricing import Cost
-from majordomo.record import TOKEN_COLUMNS, RequestRecord
+from majordomo.ledger import storable
+from majordomo.ledger.record import TOKEN_COLUMNS, RequestRecord
+from majordomo.ledger.writer import encode_record
+from majordomo.pricing.cost import Cost
 from majordomo.usage import (
     COMPLETE,
     INVALID_USAGE,

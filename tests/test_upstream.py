@@ -20,7 +20,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from majordomo.upstream import ReusedEndpoints, UpstreamClient
+from majordomo.web.upstream import ReusedEndpoints, UpstreamClient
 from tests import support
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from twisted.web.http_headers import Headers
 
-from majordomo.pricing_sources import PRICE_FIELDS
+from majordomo.pricing.prices import PRICE_FIELDS
 from majordomo.providers import served_tier
 from majordomo.usage import make_usage_parser
 

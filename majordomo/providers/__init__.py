@@ -1,8 +1,10 @@
 # -*- test-case-name: tests.test_providers -*-
 """
 What the gateway knows about each upstream provider: which paths belong to it,
-where its API key travels, which model a request names, and what its error
-bodies look like (so a client SDK can parse the gateway's own errors).
+which model a request names, and what its error bodies look like (so a client
+SDK can parse the gateway's own errors).  Where its API key travels, and how
+secrets are kept out of storage, is L{majordomo.providers.secrets}; the query
+string is read by L{majordomo.providers.query}.
 
 The provider is chosen from the path, or from C{X-Majordomo-Provider}, which may
 only name a configured provider and never a URL (L{choose_provider}).
@@ -10,13 +12,19 @@ only name a configured provider and never a URL (L{choose_provider}).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, unquote_plus
 
 from twisted.web.http_headers import Headers
+
+from majordomo.providers import gemini
+from majordomo.providers.query import split_target
+
+# Named here for the modules of majordomo.web, which find them as providers.*.
+from majordomo.providers.secrets import hash_secret as hash_secret
+from majordomo.providers.secrets import provider_secret as provider_secret
+from majordomo.providers.secrets import redact_path as redact_path
 
 OPENAI = "openai"
 ANTHROPIC = "anthropic"
@@ -24,7 +32,6 @@ GEMINI = "gemini"
 AZURE = "azure"
 PROVIDERS = (OPENAI, ANTHROPIC, GEMINI, AZURE)
 
-_GEMINI_MODEL = re.compile(r"/models/([^/:?]+)(?::([A-Za-z]+))?")
 # Gemini's methods on a model.  OpenAI's GET /v1/models/{id} has none (a
 # fine-tuned id contains colons, but never one of these words after one).
 _GEMINI_METHOD = re.compile(
@@ -32,15 +39,6 @@ _GEMINI_METHOD = re.compile(
     r"|batchEmbedContents|predict)(?:\?|$)"
 )
 _AZURE_DEPLOYMENT = re.compile(r"^/openai/deployments/([^/?]+)")
-# Query parameters that carry a provider key; redacted wherever a path is stored.
-_SECRET_QUERY_PARAMS = frozenset({"key", "api_key", "api-key"})
-# A parameter name, after any character some parser takes to start one: "?"
-# (also a stray second one), "&", ";" (older parsers) or "#"; then its "=",
-# or the end of the parameter as parse_qsl sees it (a secret name with no
-# value still gets one, so every reading of the query finds it redacted).
-# A value runs to the next "&" (where parse_qsl ends it) or the end.
-_PARAMETER_NAME = re.compile(r"[?&;#]([^=?&;#]*)(?:(=)|(?=&|$))")
-_VALUE_END = re.compile(r"&|$")
 # The response header in which a provider reports the service tier it served
 # a request at, where the body does not say (Gemini's Flex and Priority).
 _SERVED_TIER_HEADERS = {GEMINI: b"x-gemini-service-tier"}
@@ -91,21 +89,6 @@ def detect_provider(path: str) -> str:
     return OPENAI
 
 
-def provider_secret(provider: str, headers: dict[str, str], query: str) -> str | None:
-    """
-    The provider API key the client sent, wherever that provider carries it
-    (header or C{key=} query parameter), or None.  Only ever hashed.
-    """
-    for name in ("authorization", "x-api-key", "api-key", "x-goog-api-key"):
-        value = headers.get(name)
-        if value:
-            return value.removeprefix("Bearer ").removeprefix("bearer ").strip()
-    for name, value in parse_qsl(query, keep_blank_values=True):
-        if name.lower() in _SECRET_QUERY_PARAMS and value:
-            return value
-    return None
-
-
 def served_tier(provider: str, headers: Headers) -> str | None:
     """
     The service tier C{provider} reported in its response C{headers}, if it
@@ -118,41 +101,6 @@ def served_tier(provider: str, headers: Headers) -> str | None:
         return None
     tier = values[-1].decode("latin-1").strip()
     return tier if 0 < len(tier) <= _MAX_TIER_NAME else None
-
-
-def hash_secret(secret: str | None) -> str | None:
-    """SHA-256 hex of a provider key, so rows can group by key without holding it."""
-    if not secret:
-        return None
-    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
-
-
-def redact_path(path: str) -> str:
-    """
-    C{path} with the values of secret query parameters replaced by
-    C{REDACTED}, however the query is split: a name after C{?} (also a
-    second one), C{&}, C{;} or C{#}, percent-encoded or not, in any case.
-    Every other character is kept as it was.
-    """
-    if "?" not in path and ";" not in path and "#" not in path:
-        return path
-    kept: list[str] = []
-    done = 0
-    for name in _PARAMETER_NAME.finditer(path):
-        if name.start() < done or not _is_secret_name(name[1]):
-            continue
-        if name[2] is None:  # no value
-            kept += (path[done : name.end()], "=REDACTED")
-            done = name.end()
-            continue
-        end = _VALUE_END.search(path, name.end()).start()  # type: ignore[union-attr]
-        kept += (path[done : name.end()], "REDACTED")
-        done = end
-    return "".join(kept) + path[done:] if kept else path
-
-
-def _is_secret_name(name: str) -> bool:
-    return unquote_plus(name).strip().lower() in _SECRET_QUERY_PARAMS
 
 
 @dataclass(frozen=True)
@@ -169,10 +117,11 @@ def request_facts(provider: str, path: str, body: object) -> RequestFacts:
     model = fields.get("model") if isinstance(fields.get("model"), str) else None
     stream = fields.get("stream") is True
     if provider == GEMINI:
-        match = _GEMINI_MODEL.search(path.split("?")[0])
-        if match:
-            model = match.group(1)
-            stream = match.group(2) == "streamGenerateContent"
+        route, _ = split_target(path)
+        named = next((m for m in gemini.models_in_path(route) if not m.tuned), None)
+        if named is not None:
+            model = named.model
+            stream = named.method == "streamGenerateContent"
     elif provider == AZURE and model is None:
         match = _AZURE_DEPLOYMENT.match(path)
         model = match.group(1) if match else None

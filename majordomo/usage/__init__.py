@@ -19,10 +19,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
-from urllib.parse import parse_qs
 
-from majordomo.json_members import TopLevelMembers
-from majordomo.sse import JSONArrayParser, SSEEvent, SSEParser
+from majordomo.providers.query import query_values, split_target
+from majordomo.usage.json_members import TopLevelMembers
+from majordomo.usage.sse import JSONArrayParser, SSEEvent, SSEParser
 
 # usage_status values (USAGE-SPEC.md section 1, plus "unparseable" for a body
 # the parser could not read at all, "invalid_usage" for a usage object whose
@@ -451,7 +451,7 @@ def _parser_for(
     """The provider's own parser for a response (see L{make_usage_parser})."""
     from majordomo.usage import anthropic, gemini, openai
 
-    route, _, query = path.partition("?")
+    route, query = split_target(path)
     model = request_model
     if provider == GEMINI:
         model = model or gemini.model_from_path(route)
@@ -474,9 +474,7 @@ def _parser_for(
             return anthropic.AnthropicStreamParser(model)
         return JSONBodyParser(anthropic.usage_from_body, model)
     if provider == GEMINI:
-        json_array = (
-            not sse and gemini.streams(route) and "sse" not in parse_qs(query).get("alt", [])
-        )
+        json_array = not sse and gemini.streams(route) and "sse" not in query_values(query, "alt")
         if sse or json_array:
             return gemini.GeminiStreamParser(model, json_array=json_array)
         return JSONBodyParser(gemini.usage_from_body, model)

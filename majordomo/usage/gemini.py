@@ -11,11 +11,11 @@ and it is final only on the chunk that has a C{finishReason}.
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from typing import Any
 from urllib.parse import unquote
 
+from majordomo.providers.gemini import models_in_path
 from majordomo.usage import (
     COMPLETE,
     MISSING_STREAM_TRUNCATED,
@@ -27,8 +27,6 @@ from majordomo.usage import (
     tokens,
     usage_from_document,
 )
-
-_MODEL_IN_PATH = re.compile(r"/(?:models|tunedModels)/([^/:]+):")
 
 
 def has_usage(route: str) -> bool:
@@ -43,8 +41,8 @@ def streams(route: str) -> bool:
 
 def model_from_path(route: str) -> str | None:
     """The model named in the URL, where Gemini requests carry it."""
-    match = _MODEL_IN_PATH.search(route)
-    return unquote(match.group(1)) if match else None
+    called = next((m for m in models_in_path(route) if m.method is not None), None)
+    return unquote(called.model) if called else None
 
 
 def _modality_tokens(details: Any, modality: str) -> int:

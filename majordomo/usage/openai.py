@@ -23,8 +23,7 @@ import re
 from dataclasses import replace
 from typing import Any
 
-from majordomo import request_fields
-from majordomo.sse import SSEParser
+from majordomo.providers import request_fields
 from majordomo.usage import (
     COMPLETE,
     MISSING_NOT_REQUESTED,
@@ -39,6 +38,7 @@ from majordomo.usage import (
     tokens,
     usage_from_document,
 )
+from majordomo.usage.sse import SSEParser
 
 _USAGE_ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses")
 

@@ -1,5 +1,5 @@
 """
-Fuzz target: L{majordomo.sse.JSONArrayParser}, the splitter of the JSON array
+Fuzz target: L{majordomo.usage.sse.JSONArrayParser}, the splitter of the JSON array
 Gemini streams when it is not asked for SSE.
 
 Properties: it never raises; whatever the chunking, it gives the same
@@ -22,7 +22,7 @@ import atheris
 from tests.fuzz.harness import check, chunkings, main, parse_input
 
 with atheris.instrument_imports(include=["majordomo"]):
-    from majordomo.sse import MAX_EVENT_SIZE, JSONArrayParser
+    from majordomo.usage.sse import MAX_EVENT_SIZE, JSONArrayParser
 
 SMALL_CAP = 64
 

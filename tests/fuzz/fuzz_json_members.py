@@ -1,5 +1,5 @@
 """
-Fuzz target: L{majordomo.json_members.TopLevelMembers}, the reader of the
+Fuzz target: L{majordomo.usage.json_members.TopLevelMembers}, the reader of the
 small top-level members of a non-streamed JSON answer.
 
 Properties: it never raises; whatever the chunking, it keeps the same members
@@ -21,7 +21,7 @@ import atheris
 from tests.fuzz.harness import check, chunkings, main, parse_input
 
 with atheris.instrument_imports(include=["majordomo"]):
-    from majordomo.json_members import TopLevelMembers
+    from majordomo.usage.json_members import TopLevelMembers
 
 
 def feed(chunks: list[bytes]) -> TopLevelMembers:

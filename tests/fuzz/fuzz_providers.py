@@ -30,6 +30,7 @@ from tests.fuzz.harness import check, main, make_input, parse_input
 
 with atheris.instrument_imports(include=["majordomo"]):
     from majordomo import providers
+    from majordomo.providers import secrets
 
 SECRET_NAMES = ("key", "api_key", "api-key")
 SECRET_PARAM = re.compile(r"(?i)(?<=[?&;])(?:key|api_key|api-key)=([^&;#?]*)")
@@ -48,9 +49,9 @@ def json_or_none(body: bytes) -> Any:
 
 
 def check_redacted(path: str) -> None:
-    redacted = providers.redact_path(path)
+    redacted = secrets.redact_path(path)
     check(isinstance(redacted, str), f"redact_path gave {redacted!r}")
-    check(providers.redact_path(redacted) == redacted, f"not idempotent: {redacted!r}")
+    check(secrets.redact_path(redacted) == redacted, f"not idempotent: {redacted!r}")
     query = redacted.partition("?")[2]
     for name, value in parse_qsl(query, keep_blank_values=True):
         check(
@@ -86,7 +87,7 @@ def test_one_input(data: bytes) -> None:
         check(facts.model is None or isinstance(facts.model, str), f"model {facts.model!r}")
         check(isinstance(facts.stream, bool), f"stream {facts.stream!r}")
     query = path.split("?", 1)[1] if "?" in path else ""
-    secret = providers.provider_secret(provider, {}, query)
+    secret = secrets.provider_secret(provider, {}, query)
     check(secret is None or isinstance(secret, str), f"secret {secret!r}")
     check_redacted(path)
 

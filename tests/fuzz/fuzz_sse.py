@@ -1,5 +1,5 @@
 """
-Fuzz target: L{majordomo.sse.SSEParser}, the server-sent event splitter.
+Fuzz target: L{majordomo.usage.sse.SSEParser}, the server-sent event splitter.
 
 Properties: it never raises; whatever the chunking, it gives the same events
 (name, data, start offset) until it gives up on an oversized event; it gives
@@ -22,7 +22,7 @@ import atheris
 from tests.fuzz.harness import check, chunkings, main, parse_input
 
 with atheris.instrument_imports(include=["majordomo"]):
-    from majordomo.sse import MAX_EVENT_SIZE, SSEEvent, SSEParser
+    from majordomo.usage.sse import MAX_EVENT_SIZE, SSEEvent, SSEParser
 
 SMALL_CAP = 64
 

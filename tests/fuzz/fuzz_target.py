@@ -1,5 +1,5 @@
 """
-Fuzz target: L{majordomo.target}, which turns a caller's request target into
+Fuzz target: L{majordomo.web.target}, which turns a caller's request target into
 the upstream URL.
 
 The body is the request target, as bytes; option bits 0-2 pick the base URL
@@ -24,7 +24,7 @@ import atheris
 from tests.fuzz.harness import check, main, make_input, parse_input
 
 with atheris.instrument_imports(include=["majordomo"]):
-    from majordomo.target import BadTarget, check_method, upstream_url
+    from majordomo.web.target import BadTarget, check_method, upstream_url
 
 BASE_URLS = (
     "https://api.openai.com",

@@ -5,7 +5,7 @@ usage-only chunk the gateway asked for from a client that did not.
 Properties: it never raises, and whatever the chunking, what it lets through
 (every C{filter} result, then C{flush}) is the stream minus exactly the first
 usage-only event, from its first field line to just past its blank line, as
-L{majordomo.sse.SSEParser} locates it in the whole stream; a stream without
+L{majordomo.usage.sse.SSEParser} locates it in the whole stream; a stream without
 one passes unchanged.
 
     .venv/bin/python tests/fuzz/fuzz_usage_filter.py -max_total_time=60
@@ -18,8 +18,8 @@ import atheris
 from tests.fuzz.harness import check, chunkings, main, parse_input
 
 with atheris.instrument_imports(include=["majordomo"]):
-    from majordomo.sse import SSEParser
     from majordomo.usage.openai import UsageChunkFilter, is_usage_chunk
+    from majordomo.usage.sse import SSEParser
 
 
 def without_usage_chunk(body: bytes) -> bytes:

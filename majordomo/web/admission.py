@@ -1,0 +1,184 @@
+# -*- test-case-name: tests.test_admission,tests.test_gateway,tests.test_hostile_requests -*-
+"""
+Admission: the checks a request passes before the gateway forwards it.
+
+In order: one C{X-Majordomo-Key}, that key valid now, the provider chosen
+(L{majordomo.providers.choose_provider}, the one rule) and configured, a
+method and target the gateway forwards, then the body's few fields read and
+the metadata headers within their limits.  A check that fails raises
+L{Refusal}; the proxy answers every refusal in one place, in the chosen
+provider's error format, with a row when the key was valid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.http_headers import Headers
+from twisted.web.server import Request
+
+from majordomo import metadata, providers
+from majordomo.db.keys import ActiveKey, hash_key
+from majordomo.ids import uuid7
+from majordomo.ledger.record import RequestRecord
+from majordomo.logtext import printable
+from majordomo.providers import request_fields
+from majordomo.web import target
+from majordomo.web.headers import RepeatedHeader, header_map, single_value
+
+log = Logger()
+
+KEY_HEADER = b"x-majordomo-key"
+
+
+class Refusal(Exception):
+    """
+    The gateway answers this request itself, with C{status} and C{message}
+    (and, in OpenAI's format, C{code}), instead of forwarding it.
+    """
+
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+        super().__init__(status, message, code)
+        self.status = status
+        self.message = message
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """What the gateway knows of a request as it arrives, before any check."""
+
+    arrived: float  # the clock's seconds
+    method: str
+    uri: str  # the request target as sent, query included
+    choice: providers.ProviderChoice
+
+    @classmethod
+    def of(cls, headers: Headers, method: str, uri: str, now: float) -> Arrival:
+        """The arrival of a request; its provider is chosen here, once."""
+        return cls(now, method, uri, providers.choose_provider(headers, uri))
+
+    @property
+    def provider(self) -> str:
+        """The provider the request goes to, whose error format a refusal uses."""
+        return self.choice.provider
+
+    @property
+    def path(self) -> str:
+        return self.uri.partition("?")[0]
+
+    @property
+    def query(self) -> str:
+        return self.uri.partition("?")[2]
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A request that passed admission: where it goes and what its body says."""
+
+    url: bytes
+    body: bytes  # as the client sent it
+    fields: request_fields.JSONObject | None
+    facts: providers.RequestFacts
+
+
+# A key hash -> the active key it belongs to, or None (the key cache's authenticate).
+Authenticate = Callable[[str], "defer.Deferred[ActiveKey | None]"]
+
+
+def presented_key(headers: Headers) -> str:
+    """The one C{X-Majordomo-Key} the request presents."""
+    try:
+        key = single_value(headers, KEY_HEADER)
+    except RepeatedHeader as e:
+        raise Refusal(400, str(e)) from None
+    if not key:
+        raise Refusal(401, "Missing X-Majordomo-Key header")
+    return key
+
+
+async def authenticated(headers: Headers, authenticate: Authenticate) -> ActiveKey:
+    """The active key the request presents; refused without one, or while keys cannot be checked."""
+    key = presented_key(headers)
+    try:
+        api_key: ActiveKey | None = await authenticate(hash_key(key))
+    except Exception as e:
+        log.warn("Cannot check an API key now: {error}", error=printable(e))
+        raise Refusal(503, "The key store is unavailable; try again shortly") from None
+    if api_key is None:
+        raise Refusal(401, "Invalid or revoked X-Majordomo-Key")
+    return api_key
+
+
+def new_record(arrival: Arrival, key_id: str, headers: Headers) -> RequestRecord:
+    """The record of a request just authenticated; secrets only as hashes or redacted."""
+    provider = arrival.provider
+    secret = providers.provider_secret(provider, header_map(headers), arrival.query)
+    return RequestRecord.start(
+        request_id=uuid7(arrival.arrived),
+        arrived=arrival.arrived,
+        key_id=key_id,
+        provider=provider,
+        method=arrival.method,
+        path=providers.redact_path(arrival.uri),
+        model_requested=None,
+        provider_key_hash=providers.hash_secret(secret),
+    )
+
+
+def destination(arrival: Arrival, base_url: Callable[[str], str]) -> str:
+    """The configured base URL of the chosen provider; refused if it has none."""
+    refused = arrival.choice.refused
+    url = base_url(arrival.provider)
+    if not url and not refused:
+        refused = f"Provider {arrival.provider!r} is not configured"
+    if refused:
+        raise Refusal(400, refused)
+    return url
+
+
+def upstream_url(method: bytes, uri: bytes, base_url: str) -> bytes:
+    """Where to forward the request; refused for a method or target not forwarded."""
+    try:
+        target.check_method(method)
+        return target.upstream_url(base_url, uri)
+    except target.BadTarget as e:
+        raise Refusal(400, str(e)) from None
+
+
+def attach_metadata(headers: Headers, record: RequestRecord, api_key: ActiveKey) -> None:
+    """Copy the request's metadata headers to its record; refused over a limit."""
+    try:
+        found = metadata.extract(headers.getAllRawHeaders())
+    except metadata.MetadataError as e:
+        raise Refusal(400, str(e)) from None
+    record.raw_metadata = found.raw
+    record.indexed_metadata = found.indexed(api_key.indexed_metadata)
+    record.provider_alias = found.provider_alias
+
+
+async def admit(
+    request: Request,
+    arrival: Arrival,
+    record: RequestRecord,
+    api_key: ActiveKey,
+    base_url: Callable[[str], str],
+    clock: IReactorTime,
+) -> Admitted:
+    """
+    The checks after authentication, in order; each may raise L{Refusal}.
+    The record learns the requested model and the metadata on the way.
+    """
+    url = upstream_url(request.method, request.uri, destination(arrival, base_url))
+    body = request.content.read() if request.content is not None else b""
+    fields = await request_fields.read(body, clock)
+    facts = providers.request_facts(
+        arrival.provider, arrival.uri, fields.values() if fields else None
+    )
+    record.model_requested = facts.model
+    attach_metadata(request.requestHeaders, record, api_key)
+    return Admitted(url, body, fields, facts)
