@@ -5,7 +5,7 @@ and HTTP listener together, as the children of one service tree that starts
 them in order and stops them in the reverse order, each after the other
 (L{majordomo.lifecycle.InOrder}).
 
-Stop order matters (DESIGN.md, "Known traps"): stop listening first, then
+Stop order matters (docs/ARCHITECTURE.md, "Known traps"): stop listening first, then
 drain the requests in flight (bounded), then flush the log writer, then
 finish the body uploads, then close the database and the upstream pool.
 

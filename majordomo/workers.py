@@ -3,7 +3,7 @@
 C{majordomo serve --workers N}: N gateway processes sharing one port
 (SO_REUSEPORT, C{server.reuse_port}), started and supervised by this one.
 
-One Python process is CPU-bound at about 1k requests/s (DESIGN.md); the
+One Python process is CPU-bound at about 1k requests/s (docs/ARCHITECTURE.md, "Known traps"); the
 kernel spreads new connections over the workers.  The supervisor forwards
 SIGTERM/SIGINT to every worker, waits for them to drain and exit, and
 restarts a worker that dies on its own (giving up if they keep dying at once).

@@ -1,5 +1,5 @@
 """
-Tests for L{majordomo.pricing.PricingService}: refreshing the price book from a
+Tests for L{majordomo.pricing.refresh.PricingService}: refreshing the price book from a
 remote source on a timer, and keeping the last good book when that fails.
 """
 

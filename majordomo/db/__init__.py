@@ -4,7 +4,7 @@ PostgreSQL access for the reactor thread: a small pool of txpostgres
 connections that survives PostgreSQL restarts.
 
 A plain C{txpostgres.ConnectionPool} never recovers once the server restarts
-(DESIGN.md, "Known traps"), so every connection here carries its own
+(docs/ARCHITECTURE.md, "Known traps"), so every connection here carries its own
 C{DeadConnectionDetector}, which reconnects it in the background, and queries
 go to a connection that is believed alive.  L{Database.run_query} and friends
 retry idempotent work for a bounded time while PostgreSQL is away.

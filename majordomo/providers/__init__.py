@@ -21,11 +21,6 @@ from twisted.web.http_headers import Headers
 from majordomo.providers import gemini
 from majordomo.providers.query import split_target
 
-# Named here for the modules of majordomo.web, which find them as providers.*.
-from majordomo.providers.secrets import hash_secret as hash_secret
-from majordomo.providers.secrets import provider_secret as provider_secret
-from majordomo.providers.secrets import redact_path as redact_path
-
 OPENAI = "openai"
 ANTHROPIC = "anthropic"
 GEMINI = "gemini"

@@ -26,7 +26,8 @@ from majordomo.db.keys import ActiveKey, hash_key
 from majordomo.ids import uuid7
 from majordomo.ledger.record import RequestRecord
 from majordomo.logtext import printable
-from majordomo.providers import request_fields
+from majordomo.providers import request_fields, secrets
+from majordomo.providers.query import split_target
 from majordomo.web import target
 from majordomo.web.headers import RepeatedHeader, header_map, single_value
 
@@ -69,11 +70,11 @@ class Arrival:
 
     @property
     def path(self) -> str:
-        return self.uri.partition("?")[0]
+        return split_target(self.uri)[0]
 
     @property
     def query(self) -> str:
-        return self.uri.partition("?")[2]
+        return split_target(self.uri)[1]
 
 
 @dataclass(frozen=True)
@@ -117,16 +118,16 @@ async def authenticated(headers: Headers, authenticate: Authenticate) -> ActiveK
 def new_record(arrival: Arrival, key_id: str, headers: Headers) -> RequestRecord:
     """The record of a request just authenticated; secrets only as hashes or redacted."""
     provider = arrival.provider
-    secret = providers.provider_secret(provider, header_map(headers), arrival.query)
+    secret = secrets.provider_secret(provider, header_map(headers), arrival.query)
     return RequestRecord.start(
         request_id=uuid7(arrival.arrived),
         arrived=arrival.arrived,
         key_id=key_id,
         provider=provider,
         method=arrival.method,
-        path=providers.redact_path(arrival.uri),
+        path=secrets.redact_path(arrival.uri),
         model_requested=None,
-        provider_key_hash=providers.hash_secret(secret),
+        provider_key_hash=secrets.hash_secret(secret),
     )
 
 

@@ -23,11 +23,13 @@ NOT_FORWARDED = frozenset(
         b"transfer-encoding",
         b"upgrade",
         b"host",
-        # The body is relayed as it arrives, possibly changed in length: treq
-        # asks the provider for gzip and hands us the decoded bytes, and an
-        # injected usage chunk is removed.  twisted.web frames it (chunked).
+        # The body is relayed as it arrives, possibly changed in length: the
+        # upstream client asks the provider for gzip and hands us the decoded
+        # bytes (majordomo.web.decoding), and an injected usage chunk is
+        # removed.  twisted.web frames it (chunked).
         b"content-length",
-        # treq sets its own (gzip, which it decodes) so usage can be read.
+        # The upstream client sets its own (gzip, which it decodes) so usage
+        # can be read.
         b"accept-encoding",
     }
 )

@@ -34,6 +34,7 @@ from twisted.web.iweb import INonQueuedRequestFactory
 from zope.interface import implementer
 
 from majordomo import providers
+from majordomo.providers import secrets
 
 log = Logger()
 
@@ -259,7 +260,7 @@ class BoundedChannel(http.HTTPChannel):
         log.info(
             "Rejected {method} {path} from {client}: {status} {message}",
             method=method or "-",
-            path=providers.redact_path(path) or "-",
+            path=secrets.redact_path(path) or "-",
             client=getattr(transport.getPeer(), "host", "?"),
             status=status,
             message=message,
@@ -270,7 +271,7 @@ class BoundedChannel(http.HTTPChannel):
         try:
             hook(headers, method, path, status, message)
         except Exception:
-            log.failure("The on_rejected hook failed for {path}", path=providers.redact_path(path))
+            log.failure("The on_rejected hook failed for {path}", path=secrets.redact_path(path))
 
 
 class BoundedRequest(server.Request):

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_gateway -*-
 """
 The reverse proxy: admit the request (L{majordomo.web.admission}), ask a
-stream for its usage (L{majordomo.web.rewrite}), forward it with treq,
+stream for its usage (L{majordomo.web.rewrite}), forward it with Twisted's Agent,
 stream the answer back chunk by chunk while the usage parser reads along
 (L{majordomo.web.relay}), then hand one record per request to the log
 writer.  Each step is a method of L{ProxyResource}, in the order
@@ -36,8 +36,10 @@ from twisted.web.server import NOT_DONE_YET, Request
 from majordomo import providers
 from majordomo.bodies import Exchange
 from majordomo.db.keys import hash_key
+from majordomo.inflight import DeferWaiter
 from majordomo.ledger.record import RequestRecord
 from majordomo.logtext import failure_text, printable
+from majordomo.providers import secrets
 from majordomo.usage import Usage, make_usage_parser
 from majordomo.usage.openai import UsageChunkFilter
 from majordomo.web import admission, upstream_failure
@@ -94,35 +96,27 @@ class ProxyResource(Resource):
         # Requests whose model had no price, by (provider, model): their cost is NULL.
         self._unpriced = UnpricedModels()
         self.unpriced = self._unpriced.counts
-        self.in_flight = 0
-        self._idle_waiters: list[defer.Deferred[None]] = []
+        self._requests = DeferWaiter()
 
     def render(self, request: Request) -> Any:
-        self.in_flight += 1
         d = defer.Deferred.fromCoroutine(self._async_render(request))
         d.addErrback(self._internal_error, request)
-        d.addBoth(self._request_done)
+        self._requests.add(d)
         return NOT_DONE_YET
 
-    def _request_done(self, _: object) -> None:
-        self.in_flight -= 1
-        if self.in_flight == 0:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
+    @property
+    def in_flight(self) -> int:
+        """How many requests are being handled now."""
+        return self._requests.count
 
     def drained(self) -> defer.Deferred[None]:
         """Fires when no request is in flight (now, or when the last one ends)."""
-        if self.in_flight == 0:
-            return defer.succeed(None)
-        waiter: defer.Deferred[None] = defer.Deferred()
-        self._idle_waiters.append(waiter)
-        return waiter
+        return self._requests.wait()
 
     def _internal_error(self, failure: Failure, request: Request) -> None:
         log.critical(
             "Proxying {path} failed: {failure}",
-            path=printable(providers.redact_path(request.uri.decode("latin-1"))),
+            path=printable(secrets.redact_path(request.uri.decode("latin-1"))),
             failure=failure_text(failure),
         )
         if not request.finished and request.channel is not None:
@@ -332,7 +326,7 @@ class ProxyResource(Resource):
         request.defaultContentType = None
         for name, values in response.headers.getAllRawHeaders():
             if name.lower() not in NOT_FORWARDED and any(values):
-                # (treq's gzip decoder leaves an empty Content-Encoding behind.)
+                # (The gzip decoder leaves an empty Content-Encoding behind.)
                 request.responseHeaders.setRawHeaders(name, values)
 
     def _send_refusal(

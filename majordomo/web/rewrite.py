@@ -10,9 +10,9 @@ chunk the client did not ask for is then kept from it (L{majordomo.usage.openai.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import parse_qsl
 
 from majordomo import providers
+from majordomo.providers.query import query_values
 from majordomo.usage.openai import inject_include_usage
 from majordomo.web.admission import Admitted, Arrival
 
@@ -40,7 +40,7 @@ def may_ask_for_usage(provider: str, path: str, query: str) -> bool:
     if not path.endswith(_USAGE_ON_REQUEST_PATHS):
         return False
     if provider == providers.AZURE:
-        version = dict(parse_qsl(query)).get("api-version", "")
+        version = (query_values(query, "api-version") or [""])[-1]
         return version[:10] >= _AZURE_STREAM_OPTIONS_SINCE
     return True
 
