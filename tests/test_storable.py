@@ -31,9 +31,9 @@ from majordomo.usage import (
     InvalidCount,
     Usage,
     has_count,
-    make_usage_parser,
     tokens,
 )
+from majordomo.usage.choose import make_usage_parser
 from tests import support
 from tests.gateway_case import GatewayTestCase
 from tests.test_logwriter import ARRIVED, LogWriterTestCase, answered, stored_ids

@@ -1,5 +1,5 @@
 """
-Tests for the incremental usage parsers (L{majordomo.usage.make_usage_parser}
+Tests for the incremental usage parsers (L{majordomo.usage.choose.make_usage_parser}
 and the provider modules), driven first by the shared test vectors.
 """
 
@@ -21,11 +21,11 @@ from majordomo.usage import (
     NOT_APPLICABLE,
     PARTIAL_STREAM_TRUNCATED,
     UNPARSEABLE,
-    JSONBodyParser,
     Usage,
-    make_usage_parser,
 )
+from majordomo.usage.choose import make_usage_parser
 from majordomo.usage.openai import UsageChunkFilter, inject_include_usage, usage_from_body
+from majordomo.usage.parsing import JSONBodyParser
 from tests.vectors import TOKEN_FIELDS, load_vector, vector_files, vector_parser
 
 # The keys of a vector's "expected" that are Usage fields (or its property).
@@ -858,7 +858,7 @@ class FastPathTests(SynchronousTestCase):
         skipped safely, and a usage chunk with unusual spacing is still read,
         by the parser and by the filter that hides it.
         """
-        from majordomo.usage import make_usage_parser
+        from majordomo.usage.choose import make_usage_parser
         from majordomo.usage.openai import UsageChunkFilter
 
         chunk = (

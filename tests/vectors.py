@@ -17,7 +17,7 @@ from twisted.web.http_headers import Headers
 
 from majordomo.pricing.prices import PRICE_FIELDS
 from majordomo.providers import served_tier
-from majordomo.usage import make_usage_parser
+from majordomo.usage.choose import make_usage_parser
 
 VECTORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vectors")
 # The cases numbered 01-99 came with the usage spec the project started from;

@@ -20,14 +20,13 @@ from majordomo.usage import (
     MISSING_STREAM_TRUNCATED,
     PARTIAL_STREAM_TRUNCATED,
     UNPARSEABLE,
-    StreamedJSONParser,
     Usage,
     counts_checked,
     has_count,
     text_or_none,
     tokens,
-    usage_from_document,
 )
+from majordomo.usage.parsing import StreamedJSONParser, usage_from_document
 
 
 def has_usage(route: str) -> bool:

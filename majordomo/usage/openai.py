@@ -30,14 +30,13 @@ from majordomo.usage import (
     MISSING_STREAM_TRUNCATED,
     PENDING_BACKGROUND,
     UNPARSEABLE,
-    StreamedJSONParser,
     Usage,
     counts_checked,
     has_count,
     text_or_none,
     tokens,
-    usage_from_document,
 )
+from majordomo.usage.parsing import StreamedJSONParser, usage_from_document
 from majordomo.usage.sse import SSEParser
 
 _USAGE_ENDPOINTS = ("/chat/completions", "/completions", "/embeddings", "/responses")

@@ -40,7 +40,8 @@ from majordomo.inflight import DeferWaiter
 from majordomo.ledger.record import RequestRecord
 from majordomo.logtext import failure_text, printable
 from majordomo.providers import secrets
-from majordomo.usage import Usage, make_usage_parser
+from majordomo.usage import Usage
+from majordomo.usage.choose import make_usage_parser
 from majordomo.usage.openai import UsageChunkFilter
 from majordomo.web import admission, upstream_failure
 from majordomo.web.admission import Admitted, Arrival, Authenticate, Refusal

@@ -1,5 +1,5 @@
 """
-Fuzz target: every usage parser, as L{majordomo.usage.make_usage_parser}
+Fuzz target: every usage parser, as L{majordomo.usage.choose.make_usage_parser}
 builds it for OpenAI, Azure, Anthropic and Gemini answers, streamed
 (text/event-stream, Gemini's JSON array) or not.
 
@@ -26,7 +26,8 @@ from tests.fuzz.harness import check, chunkings, main, make_input, parse_input
 
 with atheris.instrument_imports(include=["majordomo"]):
     from majordomo import usage
-    from majordomo.usage import COUNT_FIELDS, Usage, is_count, make_usage_parser
+    from majordomo.usage import COUNT_FIELDS, Usage, is_count
+    from majordomo.usage.choose import make_usage_parser
 
 PROVIDERS = (usage.OPENAI, usage.AZURE, usage.ANTHROPIC, usage.GEMINI)
 # The usage_status values: the module's constants named after their value.
