@@ -32,7 +32,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from majordomo import providers
-from majordomo.bodies import make_body_store
+from majordomo.bodies.store import make_body_store
 from majordomo.config import Config
 from majordomo.db import Database
 from majordomo.db.keycache import KeyCache

@@ -25,16 +25,11 @@ from twisted.internet import defer, reactor, task, threads
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from majordomo.bodies import (
-    Exchange,
-    NoBodyStore,
-    PostgresBodyStore,
-    body_text,
-    make_body_store,
-    object_key,
-)
+from majordomo.bodies.document import Exchange, object_key
 from majordomo.bodies.parking import ParkedBodies
-from majordomo.bodies.s3 import S3BodyStore, UploadTuning
+from majordomo.bodies.s3 import S3BodyStore
+from majordomo.bodies.store import NoBodyStore, PostgresBodyStore, body_text, make_body_store
+from majordomo.bodies.tuning import UploadTuning
 from majordomo.config import Config, load_config
 from majordomo.ledger.spool import Spool
 

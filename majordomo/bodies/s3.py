@@ -9,16 +9,17 @@ The path of one body:
     and queues the body in memory, unless memory already holds
     C{memory_items} bodies or C{memory_bytes} of them: then the body goes
     straight to disk (step 3).
- 2. An upload thread (a L{ThreadPool} of C{s3.upload_threads}, never the
-    reactor's own pool, which also resolves DNS) builds the gzip JSON and
-    PUTs it.  A failed attempt is retried after a reactor timer (0.5 s, 1 s,
-    2 s by default); the thread is free meanwhile.
+ 2. An upload thread (a pool of C{s3.upload_threads}, never the
+    reactor's own pool, which also resolves DNS: L{majordomo.bodies.threads})
+    builds the gzip JSON and PUTs it (L{majordomo.bodies.s3client}).  A
+    failed attempt is retried after a reactor timer (0.5 s, 1 s, 2 s by
+    default); the thread is free meanwhile.
  3. A body still not uploaded is I{parked}: written, by a disk thread, to
     C{spool_dir/bodies/<owner>/<n>.body} (its key, then the gzip bytes;
-    L{majordomo.bodies.parking}).
+    L{majordomo.bodies.park}, L{majordomo.bodies.parking}).
  4. Every C{retry_interval}, and as soon as any upload succeeds again,
     parked bodies are uploaded one by one (a failure ends that round) and
-    each file is deleted once S3 has its object.
+    each file is deleted once S3 has its object (L{majordomo.bodies.rounds}).
 
 Parked bodies outlive the process: as in the record spool
 (L{majordomo.ledger.spool}), each process owns a directory under an exclusive
@@ -32,9 +33,8 @@ body is dropped, counted and logged as critical, never silently.
 from __future__ import annotations
 
 import os
-import threading
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Coroutine
 from typing import Any
 
 from twisted.internet import defer, task
@@ -42,60 +42,21 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
-from majordomo.bodies import Exchange, encode_document, object_key
+from majordomo.bodies.document import Exchange, encode_document, object_key
+from majordomo.bodies.park import Parking
 from majordomo.bodies.parking import CorruptParkedBody, ParkedBodies
+from majordomo.bodies.rounds import ParkedRounds
+from majordomo.bodies.s3client import SharedClient, make_client, put_body
+from majordomo.bodies.threads import daemon_pool, stop_pool
+from majordomo.bodies.tuning import WARN_EVERY, Body, UploadTuning, describe
 from majordomo.config import S3Config
 from majordomo.inflight import DeferWaiter, bounded
 
 log = Logger()
 
-_WARN_EVERY = 60.0  # seconds between two warnings about failing uploads
 
-
-@dataclass(frozen=True)
-class UploadTuning:
-    """How hard to try, how much to hold, how long to wait (tests shorten the timings)."""
-
-    attempts: int = 4  # quick attempts before a body is parked on disk
-    backoff: float = 0.5  # seconds before the second attempt, doubling after each
-    retry_interval: float = 30.0  # how often parked bodies are tried again
-    memory_items: int = 1000  # bodies held in memory for upload; the rest wait on disk
-    memory_bytes: int = 128 * 1024 * 1024
-    connect_timeout: float = 5.0
-    read_timeout: float = 60.0
-    stop_timeout: float = 4.0  # for uploads in flight at stop, then as long for disk writes
-    disk_bytes: int = 1024 * 1024 * 1024  # parked bodies on disk; the record spool needs room too
-
-
-@dataclass(eq=False)
-class _Body:
-    """A body held in memory on its way to S3."""
-
-    key: str
-    exchange: Exchange | None  # dropped once C{data} is built
-    size: int  # what it counts against the memory budget
-    data: bytes | None = None  # the object's bytes, built in an upload thread
-    attempts: int = 0
-    parked: bool = False  # a copy is on (or on its way to) the disk
-
-
-class _DaemonThread(threading.Thread):
-    """A pool thread that cannot keep the process alive (an upload stuck on a dead peer)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.daemon = True
-
-
-def _thread_pool(size: int, name: str) -> ThreadPool:
-    pool = ThreadPool(minthreads=0, maxthreads=size, name=name)
-    pool.threadFactory = _DaemonThread
-    return pool
-
-
-class S3BodyStore:
+class S3BodyStore(Parking):
     """Uploads each request's bodies to S3 from threads of its own; see the module docstring."""
 
     def __init__(
@@ -110,23 +71,20 @@ class S3BodyStore:
         self._reactor = reactor
         self._config = config
         self._tuning = tuning or UploadTuning()
-        self._pool = _thread_pool(config.upload_threads, "majordomo-s3")
-        self._disk_pool = _thread_pool(1, "majordomo-bodies-disk")
+        self._pool = daemon_pool(config.upload_threads, "majordomo-s3")
+        self._disk_pool = daemon_pool(1, "majordomo-bodies-disk")
         self._parked = ParkedBodies(os.path.join(spool_dir, "bodies"), self._tuning.disk_bytes)
-        self._client: Any = None
-        self._client_lock = threading.Lock()
-        self._ready: deque[_Body] = deque()  # in memory, waiting for a thread
-        self._waiting: dict[_Body, IDelayedCall] = {}  # in memory, backing off
-        self._stranded: list[_Body] = []  # in memory, refused by S3 and by the disk
-        self._in_flight: set[_Body] = set()
-        self._in_flight_paths: set[str] = set()
+        self._client = SharedClient(self._make_client)
+        self._ready: deque[Body] = deque()  # in memory, waiting for a thread
+        self._waiting: dict[Body, IDelayedCall] = {}  # in memory, backing off
+        self._stranded: list[Body] = []  # in memory, refused by S3 and by the disk
+        self._in_flight: set[Body] = set()
         self._uploads = DeferWaiter()  # upload attempts in the upload threads
         self._disk_writes = DeferWaiter()  # bodies being parked by the disk thread
         self._held_items = 0  # bodies in the four collections above
         self._held_bytes = 0
         self._parking = 0  # bodies handed to the disk thread, not yet written
-        self._on_disk: dict[str, None] = {}  # parked files, in retry order
-        self._round: deque[str] = deque()  # parked files to try in this round
+        self._on_disk = ParkedRounds()  # parked files, in retry order
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = reactor
         self._started = self._running = self._stopping = self._closed = False
@@ -165,7 +123,7 @@ class S3BodyStore:
             self.dropped += 1
             log.critical("Request bodies arrived after S3 storage stopped; {key} is lost", key=key)
             return {}
-        body = _Body(key, exchange, len(exchange.request_body) + len(exchange.response_body))
+        body = Body(key, exchange, len(exchange.request_body) + len(exchange.response_body))
         if (
             self._stopping
             or self._held_items >= self._tuning.memory_items
@@ -198,7 +156,8 @@ class S3BodyStore:
     def _found_on_disk(self, paths: list[str]) -> None:
         if paths:
             log.info("{n} request bodies were waiting on disk for S3", n=len(paths))
-        self._on_disk.update(dict.fromkeys(paths))
+        for path in paths:
+            self._on_disk.add(path)
         self._start_round()
 
     def stop(self) -> defer.Deferred[None]:
@@ -219,7 +178,7 @@ class S3BodyStore:
         self._stopping, self._running = True, False
         if self._loop.running:
             self._loop.stop()
-        self._round.clear()
+        self._on_disk.end()
         for call in self._waiting.values():
             call.cancel()
         held = [*self._waiting, *self._ready, *self._stranded]
@@ -246,11 +205,11 @@ class S3BodyStore:
                 await deferToThreadPool(self._reactor, self._disk_pool, self._parked.close)
             except Exception:
                 log.failure("Could not release the directory of parked bodies")
-        uploading = bool(self._in_flight or self._in_flight_paths)
+        uploading = bool(self._in_flight or self._on_disk.uploading)
         if not uploading:
-            await deferToThreadPool(self._reactor, self._pool, self._close_client)
-        _stop_pool(self._disk_pool, busy=self._parking > 0)
-        _stop_pool(self._pool, busy=uploading)
+            await deferToThreadPool(self._reactor, self._pool, self._client.close)
+        stop_pool(self._disk_pool, busy=self._parking > 0)
+        stop_pool(self._pool, busy=uploading)
         if self._on_disk:
             log.info("{n} request bodies wait on disk for S3 until the next start", n=self.on_disk)
 
@@ -263,11 +222,11 @@ class S3BodyStore:
 
     # Memory accounting: only what the upload side holds counts against the budget.
 
-    def _hold(self, body: _Body) -> None:
+    def _hold(self, body: Body) -> None:
         self._held_items += 1
         self._held_bytes += body.size
 
-    def _release(self, body: _Body) -> None:
+    def _release(self, body: Body) -> None:
         self._held_items -= 1
         self._held_bytes -= body.size
 
@@ -275,44 +234,46 @@ class S3BodyStore:
 
     def _pump(self) -> None:
         """Give free upload threads work: bodies in memory first, then parked ones."""
-        busy = len(self._in_flight) + len(self._in_flight_paths)
+        busy = len(self._in_flight) + self._on_disk.uploading
         while self._running and busy < self._config.upload_threads:
             if self._ready:
-                self._upload_body(self._ready.popleft())
-            elif self._round:
-                path = self._round.popleft()
-                if path not in self._on_disk or path in self._in_flight_paths:
-                    continue
-                self._upload_parked(path)
+                self._track(self._upload_body(self._ready.popleft()))
+            elif (path := self._on_disk.take()) is not None:
+                self._track(self._upload_parked(path))
             else:
                 return
             busy += 1
 
-    def _upload_body(self, body: _Body) -> None:
+    def _track(self, upload: Coroutine[Any, Any, None]) -> None:
+        """Run an upload; stopping waits for it, and a bug in it is logged."""
+        self._uploads.add(defer.Deferred.fromCoroutine(upload).addErrback(self._bug))
+
+    async def _upload_body(self, body: Body) -> None:
+        """One upload attempt of a body held in memory, and what follows from it."""
         self._in_flight.add(body)
         body.attempts += 1
-        d = deferToThreadPool(self._reactor, self._pool, self._attempt, body)
-        d.addCallbacks(
-            self._body_uploaded, self._body_failed, callbackArgs=(body,), errbackArgs=(body,)
-        )
-        d.addErrback(self._bug)
-        self._uploads.add(d)
+        try:
+            await deferToThreadPool(self._reactor, self._pool, self._attempt, body)
+        except Exception:
+            self._body_failed(Failure(), body)
+        else:
+            self._body_uploaded(body)
 
-    def _attempt(self, body: _Body) -> None:
+    def _attempt(self, body: Body) -> None:
         """One upload attempt (in an upload thread)."""
         if body.data is None:
             assert body.exchange is not None
             body.data = encode_document(body.exchange)
         self._upload(body.key, body.data)
 
-    def _body_uploaded(self, _: object, body: _Body) -> None:
+    def _body_uploaded(self, body: Body) -> None:
         self._in_flight.discard(body)
         if self._closed:
             return
         self._release(body)
         self._succeeded()
 
-    def _body_failed(self, failure: Failure, body: _Body) -> None:
+    def _body_failed(self, failure: Failure, body: Body) -> None:
         self._in_flight.discard(body)
         if self._closed:
             return
@@ -328,19 +289,19 @@ class S3BodyStore:
                 self._park(body)
         self._pump()
 
-    def _retry(self, body: _Body) -> None:
+    def _retry(self, body: Body) -> None:
         del self._waiting[body]
         self._ready.append(body)
         self._pump()
 
-    def _upload_parked(self, path: str) -> None:
-        self._in_flight_paths.add(path)
-        d = deferToThreadPool(self._reactor, self._pool, self._attempt_parked, path)
-        d.addCallbacks(
-            self._parked_uploaded, self._parked_failed, callbackArgs=(path,), errbackArgs=(path,)
-        )
-        d.addErrback(self._bug)
-        self._uploads.add(d)
+    async def _upload_parked(self, path: str) -> None:
+        """One upload attempt of a parked body (L{ParkedRounds.take} marked it uploading)."""
+        try:
+            await deferToThreadPool(self._reactor, self._pool, self._attempt_parked, path)
+        except Exception:
+            self._parked_failed(Failure(), path)
+        else:
+            self._parked_uploaded(path)
 
     def _attempt_parked(self, path: str) -> None:
         """Upload one parked body and delete its file (in an upload thread)."""
@@ -348,26 +309,25 @@ class S3BodyStore:
         self._upload(key, data)
         self._parked.remove(path)
 
-    def _parked_uploaded(self, _: object, path: str) -> None:
-        self._in_flight_paths.discard(path)
+    def _parked_uploaded(self, path: str) -> None:
+        self._on_disk.finished(path)
         if self._closed:
             return
-        self._on_disk.pop(path, None)
+        self._on_disk.remove(path)
         self._succeeded()
 
     def _parked_failed(self, failure: Failure, path: str) -> None:
-        self._in_flight_paths.discard(path)
+        self._on_disk.finished(path)
         if self._closed:
             return
         if failure.check(CorruptParkedBody, FileNotFoundError):
-            self._on_disk.pop(path, None)
+            self._on_disk.remove(path)
             self.dropped += 1
             log.critical("A parked request body cannot be uploaded: {error}", error=failure.value)
         else:
             self._attempt_failed(failure)
-            self._on_disk.pop(path, None)
-            self._on_disk[path] = None  # to the back, so one bad body cannot block the rest
-            self._round.clear()  # S3 is probably down: wait for the next round
+            self._on_disk.to_back(path)  # so one bad body cannot block the rest
+            self._on_disk.end()  # S3 is probably down: wait for the next round
         self._pump()
 
     def _succeeded(self) -> None:
@@ -383,13 +343,13 @@ class S3BodyStore:
         self.failures += 1
         self._failing = True
         now = self._reactor.seconds()
-        if now - self._last_warning < _WARN_EVERY:
+        if now - self._last_warning < WARN_EVERY:
             self._unwarned += 1
             return
         log.warn(
             "S3 upload failed ({error}); {pending} request bodies pending, {on_disk} of them "
             "on disk ({unwarned} failures since the last warning not logged)",
-            error=_describe(failure.value),
+            error=describe(failure.value),
             unwarned=self._unwarned,
             pending=self.pending,
             on_disk=self.on_disk,
@@ -398,110 +358,11 @@ class S3BodyStore:
 
     def _upload(self, key: str, data: bytes) -> None:
         """PUT one object (in an upload thread: boto3 blocks)."""
-        self._s3().put_object(
-            Bucket=self._config.bucket,
-            Key=key,
-            Body=data,
-            ContentType="application/json",
-            ContentEncoding="gzip",
-        )
-
-    def _s3(self) -> Any:
-        with self._client_lock:
-            if self._client is None:
-                self._client = self._make_client()
-            return self._client
-
-    def _close_client(self) -> None:
-        with self._client_lock:
-            if self._client is not None and hasattr(self._client, "close"):
-                self._client.close()  # its connection pool; boto3 >= 1.33
-            self._client = None
+        put_body(self._client.get(), self._config.bucket, key, data)
 
     def _make_client(self) -> Any:
         """The one boto3 client (thread-safe once made); made in an upload thread."""
-        import boto3
-        from botocore.config import Config as BotoConfig
-
-        options: dict[str, Any] = {
-            "connect_timeout": self._tuning.connect_timeout,
-            "read_timeout": self._tuning.read_timeout,
-            "retries": {"mode": "standard", "total_max_attempts": 1},  # we retry ourselves
-            "max_pool_connections": self._config.upload_threads,
-            # Our arguments are always the same few well-formed strings and
-            # bytes; validating them took 13% of an upload's CPU (measured).
-            "parameter_validation": False,
-        }
-        kwargs: dict[str, Any] = {"region_name": self._config.region or None}
-        if self._config.endpoint:
-            kwargs["endpoint_url"] = self._config.endpoint
-            # S3-compatible stores (MinIO, R2, ...) want path-style URLs and may
-            # not know the newer default checksums.
-            options["s3"] = {"addressing_style": "path"}
-            if "request_checksum_calculation" in BotoConfig.OPTION_DEFAULTS:
-                options["request_checksum_calculation"] = "when_required"
-                options["response_checksum_validation"] = "when_required"
-        if self._config.access_key_id and self._config.secret_access_key:
-            kwargs["aws_access_key_id"] = self._config.access_key_id
-            kwargs["aws_secret_access_key"] = self._config.secret_access_key
-        return boto3.session.Session().client("s3", config=BotoConfig(**options), **kwargs)
-
-    # Parking on disk.
-
-    def _park(self, body: _Body) -> None:
-        """Hand a body to the disk thread (it leaves the memory budget)."""
-        if not self._started:
-            self._strand(body)
-            return
-        body.parked = True
-        self._parking += 1
-        d = deferToThreadPool(self._reactor, self._disk_pool, self._write_parked, body)
-        d.addCallbacks(self._body_parked, self._park_failed, errbackArgs=(body,))
-        d.addErrback(self._bug)
-        self._disk_writes.add(d)
-
-    def _write_parked(self, body: _Body) -> str:
-        """Write one body to disk (in the disk thread)."""
-        data = body.data
-        if data is None:
-            assert body.exchange is not None
-            data = encode_document(body.exchange)
-        return self._parked.write(body.key, data)
-
-    def _body_parked(self, path: str) -> None:
-        self._parking -= 1
-        self.parked += 1
-        self._on_disk[path] = None
-
-    def _park_failed(self, failure: Failure, body: _Body) -> None:
-        self._parking -= 1
-        if self._closed:
-            return
-        body.parked = False
-        if not failure.check(OSError):
-            self.dropped += 1
-            log.failure("The bodies of a request cannot be encoded; they are lost", failure)
-            return
-        now = self._reactor.seconds()
-        if now - self._last_park_error >= _WARN_EVERY:
-            self._last_park_error = now
-            log.error(
-                "Request bodies cannot be parked on disk ({error}); holding them in memory",
-                error=_describe(failure.value),
-            )
-        self._strand(body)
-
-    def _strand(self, body: _Body) -> None:
-        """Keep a body S3 and the disk both refused in memory, if there is room."""
-        if len(self._stranded) >= self._tuning.memory_items:
-            self.dropped += 1
-            log.critical(
-                "Request bodies for {key} are lost: S3 and the disk refuse them, memory is full",
-                key=body.key,
-            )
-            return
-        self._hold(body)
-        self._stranded.append(body)
+        return make_client(self._config, self._tuning.connect_timeout, self._tuning.read_timeout)
 
     def _tick(self) -> None:
         """Every retry_interval: try parked and stranded bodies again.  Never raises."""
@@ -516,21 +377,5 @@ class S3BodyStore:
             log.failure("Retrying parked request bodies failed; trying again later")
 
     def _start_round(self) -> None:
-        if self._running and not self._round and self._on_disk:
-            self._round.extend(p for p in self._on_disk if p not in self._in_flight_paths)
+        if self._running and self._on_disk.start():
             self._pump()
-
-    def _bug(self, failure: Failure) -> None:
-        log.failure("Unexpected error in S3 body storage", failure)
-
-
-def _stop_pool(pool: ThreadPool, busy: bool) -> None:
-    """Stop a pool; if a thread is stuck in I/O, wait for it elsewhere, not in the reactor."""
-    if busy:
-        threading.Thread(target=pool.stop, name=f"{pool.name}-stop", daemon=True).start()
-    else:
-        pool.stop()
-
-
-def _describe(error: BaseException | None) -> str:
-    return f"{type(error).__name__}: {str(error)[:300]}"

@@ -34,7 +34,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from majordomo import providers
-from majordomo.bodies import Exchange
+from majordomo.bodies.document import Exchange
 from majordomo.db.keys import hash_key
 from majordomo.inflight import DeferWaiter
 from majordomo.ledger.record import RequestRecord
