@@ -220,15 +220,20 @@ class TopLevelMembers:
                 return n
             if self._in_string:
                 i = self._string_rest(data, i, n)
-            elif self._depth == 0:
-                i = _skip(_MEMBER_TEXT, data, i)
+            else:
+                # At the member's own level a comma ends the member as well.
+                text = _MEMBER_TEXT if self._depth == 0 else _NESTED_TEXT
+                i = _skip(text, data, i)
                 if i >= n:
                     break
                 byte = data[i]
                 if byte == _QUOTE:
                     self._in_string, i = True, i + 1
                 elif byte in _OPENERS:
-                    self._depth, i = 1, i + 1  # deeper than CONTAINER_LEVELS, or cut
+                    # A container deeper than CONTAINER_LEVELS, or cut by the chunk.
+                    self._depth, i = self._depth + 1, i + 1
+                elif self._depth > 0:
+                    i = self._closers(data, i)
                 elif byte in (_COMMA, _CLOSE_OBJECT):
                     self._keep(data, start, i)
                     self._end_member()
@@ -240,26 +245,18 @@ class TopLevelMembers:
                 else:
                     self._break()  # "]" at the member's own level
                     return n
-            else:
-                i = _skip(_NESTED_TEXT, data, i)
-                if i >= n:
-                    break
-                byte = data[i]
-                if byte == _QUOTE:
-                    self._in_string, i = True, i + 1
-                elif byte in _OPENERS:
-                    self._depth, i = self._depth + 1, i + 1
-                else:
-                    # A run of closers: the value may end inside it.
-                    end = _skip(_CLOSERS_RUN, data, i)
-                    if self._depth > end - i:
-                        self._depth -= end - i
-                        i = end
-                    else:
-                        i += self._depth
-                        self._depth = 0
         self._keep(data, start, n)
         return n
+
+    def _closers(self, data: bytes, i: int) -> int:
+        """A run of closing brackets from C{i}: the value may end inside it."""
+        end = _skip(_CLOSERS_RUN, data, i)
+        if self._depth > end - i:
+            self._depth -= end - i
+            return end
+        i += self._depth
+        self._depth = 0
+        return i
 
     def _spend(self) -> None:
         """One step of scanning; a body that needs too many gives up."""
