@@ -9,6 +9,7 @@ critical.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -45,10 +46,8 @@ class Parking:
     _last_park_error: float
     parked: int
     dropped: int
-
-    def _hold(self, body: Body) -> None:
-        """Count C{body} against the memory budget (the store's accounting)."""
-        raise NotImplementedError
+    # Counts a body against the memory budget: the store's accounting.
+    _hold: Callable[[Body], None]
 
     def _park(self, body: Body) -> None:
         """Hand a body to the disk thread (it leaves the memory budget)."""
