@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -91,6 +91,19 @@ UPDATE api_keys SET
     last_used_at = GREATEST(api_keys.last_used_at, per_key.last_used)
 FROM per_key WHERE api_keys.id = per_key.id
 """
+
+
+class RecordSink(Protocol):
+    """
+    Where the proxy hands each finished request's record.  C{add} is called
+    on the reactor thread and must return at once; the running sink,
+    L{LogWriter}, has journaled the record by then, so the proxy can end the
+    response right after.
+    """
+
+    def add(self, record: dict[str, Any]) -> None:
+        """Take one request's record."""
+        ...
 
 
 SegmentReader = Callable[[Segment], defer.Deferred[list[str]]]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from majordomo.pricing.cost import Cost, UnpricedServiceTiers, usage_cost
 from majordomo.pricing.litellm import load_bundled
@@ -216,6 +216,19 @@ class PriceBook:
         L{usage_cost}) at the service tier the answer reports.
         """
         return usage_cost(self.lookup(provider, usage.model), provider, usage, self.unpriced_tiers)
+
+
+class PriceSource(Protocol):
+    """
+    Where the proxy reads the prices in force: its C{book}, read afresh for
+    each request, since a refresh swaps in a whole new book
+    (L{majordomo.pricing.refresh.PricingService} is the running one).
+    """
+
+    @property
+    def book(self) -> PriceBook:
+        """The price book in force now."""
+        ...
 
 
 def configured_book(config: Config) -> PriceBook:

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from majordomo.pricing import PriceBook
-from majordomo.pricing.sources import PricingError, RemotePrices, fetch_url, parse_remote_prices
+from majordomo.pricing.prices import PricingError
+from majordomo.pricing.sources import RemotePrices, fetch_url, parse_remote_prices
 
 log = Logger()
 
@@ -39,11 +41,13 @@ class PricingService(service.Service):
         remote_url: str | None,
         refresh_interval: float,
         overrides: Mapping[str, Any] | None = None,
-        clock: Any = None,
+        clock: IReactorTime | None = None,
         fetch: Callable[[str], Deferred[bytes]] = fetch_url,
     ) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock
+            from twisted.internet import reactor
+
+            clock = cast(IReactorTime, reactor)
         self.book = base if overrides is None else base.with_overrides(overrides)
         self.remote_url = remote_url
         self.refresh_interval = refresh_interval

@@ -35,10 +35,13 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from majordomo import providers
 from majordomo.bodies.document import Exchange
+from majordomo.bodies.store import BodyStore
 from majordomo.db.keys import hash_key
 from majordomo.inflight import DeferWaiter
 from majordomo.ledger.record import RequestRecord
+from majordomo.ledger.writer import RecordSink
 from majordomo.logtext import failure_text, printable
+from majordomo.pricing import PriceSource
 from majordomo.providers import secrets
 from majordomo.usage import Usage
 from majordomo.usage.choose import make_usage_parser
@@ -75,13 +78,13 @@ class Gateway:
     authenticate: Authenticate  # key hash -> Deferred[ActiveKey | None]
     base_url: Callable[[str], str]  # provider -> configured base URL ("" = not configured)
     upstream: UpstreamClient
-    prices: Any  # object with .book (a PriceBook), swapped on refresh
-    writer: Any  # object with .add(record)
+    prices: PriceSource  # its .book is read for each request (a refresh swaps it)
+    writer: RecordSink  # takes each request's row
     clock: IReactorTime
     response_timeout: float
     idle_timeout: float
     metrics: GatewayMetrics
-    bodies: Any = None  # a bodies.BodyStore, when logging.body_storage is not none
+    bodies: BodyStore | None = None  # when logging.body_storage is not none
     # Largest response body kept for body storage (the client always gets all of it).
     body_capture_limit: int = 32 * 1024 * 1024
 
