@@ -2,7 +2,8 @@
 The proxy's admission steps (L{majordomo.web.admission}) and the one place
 their refusals are answered (L{majordomo.web.proxy.ProxyResource._send_refusal}),
 driven through L{treq.testing.StubTreq} with in-memory stand-ins for the key
-store, the upstream and the log writer: no network, no database, no reactor.
+store, the prices and the log writer (L{tests.fakes}) and an upstream that
+refuses every connection: no network, no database, no reactor.
 """
 
 from __future__ import annotations
@@ -17,37 +18,15 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
 from majordomo import metadata
-from majordomo.db.keys import ActiveKey, hash_key
 from majordomo.web import admission
 from majordomo.web.admission import Arrival, Refusal
 from majordomo.web.metrics import GatewayMetrics
 from majordomo.web.proxy import Gateway, ProxyResource
+from tests.fakes import FixedPrices, MemoryKeys, MemoryRecordSink
 
 KEY = "md-test-key"
 KEY_ID = "0190c0de-0000-7000-8000-000000000001"
 BASE_URLS = {"openai": "http://openai.test", "anthropic": "http://anthropic.test"}
-
-
-class _Keys:
-    """The key store: one active key, or unavailable."""
-
-    def __init__(self) -> None:
-        self.down = False
-
-    def authenticate(self, key_hash: str) -> defer.Deferred[Any]:
-        if self.down:
-            return defer.fail(RuntimeError("connection to the database lost"))
-        return defer.succeed(ActiveKey(KEY_ID) if key_hash == hash_key(KEY) else None)
-
-
-class _Writer:
-    """The log writer: keeps the rows it is given."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict[str, Any]] = []
-
-    def add(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
 
 
 class _Upstream:
@@ -63,8 +42,9 @@ class _Upstream:
 
 class ProxyCase(SynchronousTestCase):
     def setUp(self) -> None:
-        self.keys = _Keys()
-        self.writer = _Writer()
+        self.keys = MemoryKeys()
+        self.keys.add(KEY, KEY_ID)
+        self.writer = MemoryRecordSink()
         self.upstream = _Upstream()
         self.metrics = GatewayMetrics()
         self.resource = ProxyResource(
@@ -72,7 +52,7 @@ class ProxyCase(SynchronousTestCase):
                 authenticate=self.keys.authenticate,
                 base_url=lambda provider: BASE_URLS.get(provider, ""),
                 upstream=self.upstream,  # type: ignore[arg-type]
-                prices=None,
+                prices=FixedPrices(),
                 writer=self.writer,
                 clock=task.Clock(),
                 response_timeout=60.0,
@@ -112,14 +92,14 @@ class RefusedBeforeTheKeyTests(ProxyCase):
         self.assertEqual(status, 401)
         self.assertEqual(body["error"]["message"], "Missing X-Majordomo-Key header")
         self.assertEqual(body["error"]["type"], "invalid_request_error")
-        self.assertEqual(self.writer.rows, [])
+        self.assertEqual(self.writer.records, [])
         self.assertEqual(self.counted("openai", 401), 1)
 
     def test_repeated_key(self) -> None:
         """Two keys: 400, since which of them to check is ambiguous."""
         status, _ = self.send("/v1/chat/completions", X_Majordomo_Key=[KEY, KEY])
         self.assertEqual(status, 400)
-        self.assertEqual(self.writer.rows, [])
+        self.assertEqual(self.writer.records, [])
 
     def test_invalid_key(self) -> None:
         """An unknown key: 401 in Anthropic's format on Anthropic's path."""
@@ -127,7 +107,7 @@ class RefusedBeforeTheKeyTests(ProxyCase):
         self.assertEqual(status, 401)
         self.assertEqual(body["type"], "error")
         self.assertEqual(body["error"]["type"], "authentication_error")
-        self.assertEqual(self.writer.rows, [])
+        self.assertEqual(self.writer.records, [])
 
     def test_key_store_down(self) -> None:
         """Keys cannot be checked: 503, to try again; nothing forwarded."""
@@ -152,7 +132,7 @@ class RefusedWithAKeyTests(ProxyCase):
         self.assertEqual(status, 400)
         self.assertEqual(body["error"]["type"], "invalid_request_error")
         self.assertEqual(body["type"], "error")  # Anthropic's shape
-        [row] = self.writer.rows
+        row = self.writer.only()
         self.assertEqual(row["status_code"], 400)
         self.assertEqual(row["provider"], "anthropic")
         self.assertEqual(row["majordomo_api_key_id"], KEY_ID)
@@ -166,7 +146,7 @@ class RefusedWithAKeyTests(ProxyCase):
         )
         self.assertEqual(status, 400)
         self.assertEqual(body["error"]["status"], "INVALID_ARGUMENT")
-        [row] = self.writer.rows
+        row = self.writer.only()
         self.assertEqual(row["error_message"], "Provider 'gemini' is not configured")
         self.assertEqual(self.counted("gemini", 400), 1)
 
@@ -178,7 +158,7 @@ class RefusedWithAKeyTests(ProxyCase):
         )
         self.assertEqual(status, 400)
         self.assertIn("metadata headers", body["error"]["message"])
-        [row] = self.writer.rows
+        row = self.writer.only()
         self.assertEqual(row["model_requested"], "gpt-4o")
         self.assertEqual(row["status_code"], 400)
         self.assertEqual(self.upstream.requests, [])
@@ -192,7 +172,7 @@ class RefusedWithAKeyTests(ProxyCase):
         self.assertEqual(self.upstream.requests, [b"http://openai.test/v1/chat/completions?x=1"])
         self.assertEqual(status, 502)
         self.assertEqual(body["error"]["message"], "The upstream provider could not be reached")
-        [row] = self.writer.rows
+        row = self.writer.only()
         self.assertEqual((row["status_code"], row["total_cost"]), (502, "0"))
 
 
@@ -207,7 +187,7 @@ class RejectionRowTests(ProxyCase):
         self.reject(
             Headers({b"x-majordomo-key": [KEY.encode()], b"x-majordomo-provider": [b"nope"]})
         )
-        [row] = self.writer.rows
+        row = self.writer.only()
         self.assertEqual((row["status_code"], row["provider"]), (413, "anthropic"))
         self.assertEqual(row["error_message"], "too large")
 
@@ -215,7 +195,7 @@ class RejectionRowTests(ProxyCase):
         """No key, an unknown one, or two: no row."""
         for keys in ([], [b"md-nope"], [KEY.encode(), KEY.encode()]):
             self.reject(Headers({b"x-majordomo-key": keys} if keys else {}))
-        self.assertEqual(self.writer.rows, [])
+        self.assertEqual(self.writer.records, [])
 
 
 class AdmissionStepTests(SynchronousTestCase):
