@@ -11,11 +11,15 @@ them before the log writer flushes, and flush before the database closes.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
+
+from majordomo.inflight import bounded
 
 log = Logger()
 
@@ -51,6 +55,58 @@ class Part(service.Service):
         super().stopService()
         stopped = self._stop()
         return defer.succeed(None) if stopped is None else stopped
+
+
+class Runs(Protocol):
+    """What a part needs of a service it runs: Twisted's start and stop."""
+
+    def startService(self) -> defer.Deferred[None] | None: ...
+
+    def stopService(self) -> defer.Deferred[None] | None: ...
+
+
+class Guarded(service.Service):
+    """
+    Runs the service C{inner} as one part of the tree, which must not hang
+    on it: its stop is given at most C{stop_within} seconds, after which the
+    tree stops its next part.  With C{start_failed}, a start whose Deferred
+    fails is logged as critical, C{start_failed} saying what that means,
+    followed by the error (the tree does not wait for that Deferred).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        inner: Runs,
+        clock: IReactorTime,
+        stop_within: float,
+        start_failed: str | None = None,
+    ) -> None:
+        self.setName(name)
+        self.inner = inner
+        self._clock = clock
+        self._stop_within = stop_within
+        self._start_failed = start_failed
+
+    def startService(self) -> defer.Deferred[None] | None:
+        started = self.inner.startService()  # first: a part that cannot start is not running
+        super().startService()
+        if started is not None and self._start_failed is not None:
+            started.addErrback(
+                lambda f: log.critical(
+                    "{consequence}: {error}",
+                    consequence=self._start_failed,
+                    error=f.getErrorMessage(),
+                )
+            )
+        return started
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        stopped = self.inner.stopService()
+        if stopped is None:
+            return defer.succeed(None)
+        return bounded(stopped, self._stop_within, self._clock)
 
 
 class AfterConnected(service.Service):

@@ -41,7 +41,14 @@ from majordomo.fdlimit import DescriptorWatch, raise_open_files_limit
 from majordomo.inflight import bounded
 from majordomo.ledger.spool import Spool, SpoolError
 from majordomo.ledger.writer import LogWriter, reader_in
-from majordomo.lifecycle import AfterConnected, CannotStart, InOrder, Part, ThreadPoolService
+from majordomo.lifecycle import (
+    AfterConnected,
+    CannotStart,
+    Guarded,
+    InOrder,
+    Part,
+    ThreadPoolService,
+)
 from majordomo.preload import load_lazy_imports
 from majordomo.pricing import configured_book
 from majordomo.pricing.refresh import PricingService
@@ -185,8 +192,14 @@ class GatewayService(InOrder):
             Part("postgres", self._connect_database, self.db.close),
             # Not waited for: lookups use PostgreSQL until it listens.
             AfterConnected(self.key_cache, self.db.when_connected),
-            Part("bodies", self._start_bodies, self._stop_bodies),
-            Part("writer", self.writer.startService, self._stop_writer),
+            Guarded(
+                "bodies",
+                self.bodies,
+                self._reactor,
+                stop_within=10.0,
+                start_failed="Bodies that cannot be uploaded have nowhere to wait",
+            ),
+            Guarded("writer", self.writer, self._reactor, stop_within=10.0),
             AfterConnected(
                 Part("pricing", self._start_pricing, self.pricing.stopService),
                 self.db.when_connected,
@@ -272,23 +285,6 @@ class GatewayService(InOrder):
     def _connected(self, _: object) -> None:
         if self.running:  # not while a gateway that could not start stops
             log.info("Connected to PostgreSQL")
-
-    def _start_bodies(self) -> defer.Deferred[None] | None:
-        started = self.bodies.start()
-        if started is not None:
-            started.addErrback(
-                lambda f: log.critical(
-                    "Bodies that cannot be uploaded have nowhere to wait: {error}",
-                    error=f.getErrorMessage(),
-                )
-            )
-        return started
-
-    def _stop_bodies(self) -> defer.Deferred[None]:
-        return bounded(self.bodies.stop(), 10.0, self._reactor)
-
-    def _stop_writer(self) -> defer.Deferred[None]:
-        return bounded(self.writer.stopService(), 10.0, self._reactor)
 
     def _start_pricing(self) -> None:
         self.pricing.startService()

@@ -28,6 +28,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from majordomo.bodies.document import Exchange, object_key
 from majordomo.bodies.parking import ParkedBodies
 from majordomo.bodies.s3 import S3BodyStore
+from majordomo.bodies.s3client import SharedClient, make_client
 from majordomo.bodies.store import NoBodyStore, PostgresBodyStore, body_text, make_body_store
 from majordomo.bodies.tuning import UploadTuning
 from majordomo.config import Config, load_config
@@ -184,27 +185,41 @@ class S3Server:
         return sorted(item["Key"] for item in listing.get("Contents", []))
 
 
-class RecordingStore(S3BodyStore):
-    """An S3 store that notes which thread ran each blocking step."""
+class ThreadLog:
+    """Which thread ran each blocking step: (step, thread id, thread name)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self) -> None:
         self.seen: list[tuple[str, int, str]] = []
 
-    def _note(self, step: str) -> None:
+    def note(self, step: str) -> None:
         self.seen.append((step, threading.get_ident(), threading.current_thread().name))
 
-    def _make_client(self) -> Any:
-        self._note("client")
-        return super()._make_client()
 
-    def _upload(self, key: str, data: bytes) -> None:
-        self._note("upload")
-        super()._upload(key, data)
+class RecordingClient:
+    """A boto3 S3 client that notes the thread of each PUT."""
 
-    def _write_parked(self, body: Any) -> str:
-        self._note("park")
-        return super()._write_parked(body)
+    def __init__(self, real: Any, threads: ThreadLog) -> None:
+        self._real = real
+        self._threads = threads
+
+    def put_object(self, **kwargs: Any) -> Any:
+        self._threads.note("upload")
+        return self._real.put_object(**kwargs)
+
+    def close(self) -> None:
+        self._real.close()
+
+
+class RecordingParkedBodies(ParkedBodies):
+    """Parked bodies that note the thread of each write."""
+
+    def __init__(self, directory: str, max_bytes: int, threads: ThreadLog) -> None:
+        super().__init__(directory, max_bytes)
+        self._threads = threads
+
+    def write(self, key: str, data: bytes) -> str:
+        self._threads.note("park")
+        return super().write(key, data)
 
 
 class S3TestCase(TestCase):
@@ -235,20 +250,37 @@ class S3TestCase(TestCase):
             cwd=self.spool_dir,
         )
 
-    def store(
-        self, cls: type[S3BodyStore] | None = None, endpoint: str | None = None, **tuning: Any
-    ) -> S3BodyStore:
-        """A started S3 store, stopped at the end of the test (before moto stops)."""
+    def store(self, endpoint: str | None = None, **tuning: Any) -> S3BodyStore:
+        """An S3 store made the gateway's way, stopped at the end of the test (before moto)."""
         settings = {**FAST, **tuning}
-        if cls is None:
-            made = make_body_store(self.config(endpoint), self.spool_dir, reactor, **settings)
-            assert isinstance(made, S3BodyStore)
-            store = made
-        else:
-            store = cls(
-                self.config(endpoint).s3, self.spool_dir, reactor, tuning=UploadTuning(**settings)
-            )
-        self.addCleanup(store.stop)
+        made = make_body_store(self.config(endpoint), self.spool_dir, reactor, **settings)
+        assert isinstance(made, S3BodyStore)
+        self.addCleanup(made.stopService)
+        return made
+
+    def recording_store(self, threads: ThreadLog, **tuning: Any) -> S3BodyStore:
+        """
+        An S3 store whose boto3 client and parked bodies note the thread of
+        each blocking step in C{threads}, stopped at the end of the test.
+        """
+        settings = UploadTuning(**{**FAST, **tuning})
+        config = self.config().s3
+
+        def make() -> Any:
+            threads.note("client")
+            real = make_client(config, settings.connect_timeout, settings.read_timeout)
+            return RecordingClient(real, threads)
+
+        directory = os.path.join(self.spool_dir, "bodies")
+        store = S3BodyStore(
+            config,
+            self.spool_dir,
+            reactor,
+            tuning=settings,
+            parked=RecordingParkedBodies(directory, settings.disk_bytes, threads),
+            client=SharedClient(make),
+        )
+        self.addCleanup(store.stopService)
         return store
 
     async def object(self, key: str, timeout: float = 10.0) -> dict[str, Any]:
@@ -285,7 +317,7 @@ class ObjectTests(S3TestCase):
 
         async def go() -> None:
             store = self.store()
-            await store.start()
+            await store.startService()
             columns = store.store(exchange())
             self.assertEqual(columns, {"s3_key": GUIDE_KEY})
             self.assertEqual(object_key(exchange()), GUIDE_KEY)
@@ -323,7 +355,7 @@ class ObjectTests(S3TestCase):
 
         async def go() -> None:
             store = self.store()
-            await store.start()
+            await store.startService()
             streamed = exchange(
                 response_headers=[("Content-Type", "text/event-stream")],
                 response_body=SSE_RESPONSE.encode(),
@@ -357,7 +389,7 @@ class ObjectTests(S3TestCase):
 
         async def go() -> None:
             store = self.store()
-            await store.start()
+            await store.startService()
             path = f"/v1beta/models/gemini-2.0-flash:generateContent?alt=sse&key={QUERY_SECRET}"
             key = store.store(
                 exchange(
@@ -397,21 +429,21 @@ class ObjectTests(S3TestCase):
         """
 
         async def go() -> None:
-            store = self.store(cls=RecordingStore, memory_items=1)
-            assert isinstance(store, RecordingStore)
-            await store.start()
+            seen = ThreadLog()
+            store = self.recording_store(seen, memory_items=1)
+            await store.startService()
             keys = [store.store(numbered(n))["s3_key"] for n in range(3)]  # two are parked
             for key in keys:
                 await self.object(key)
             await wait_for(lambda: store.pending == 0)
             reactor_thread = threading.get_ident()
-            steps = {step for step, _, _ in store.seen}
+            steps = {step for step, _, _ in seen.seen}
             self.assertEqual(steps, {"client", "upload", "park"})
-            for step, ident, name in store.seen:
+            for step, ident, name in seen.seen:
                 self.assertNotEqual(ident, reactor_thread, step)
                 pool = "majordomo-bodies-disk" if step == "park" else "majordomo-s3"
                 self.assertIn(pool, name)
-            self.assertEqual([s for s, _, _ in store.seen].count("client"), 1)
+            self.assertEqual([s for s, _, _ in seen.seen].count("client"), 1)
 
         return as_deferred(go())
 
@@ -424,7 +456,7 @@ class ObjectTests(S3TestCase):
 
         async def go() -> None:
             store = self.store(memory_items=1)
-            await store.start()
+            await store.startService()
             keys = []
             for n in range(20):
                 keys.append(store.store(numbered(n))["s3_key"])
@@ -445,7 +477,7 @@ class ObjectTests(S3TestCase):
 
         async def go() -> None:
             store = self.store(memory_bytes=100)
-            await store.start()
+            await store.startService()
             key = store.store(exchange(response_body=b"x" * 1000))["s3_key"]
             self.assertEqual(store.in_memory, 0)
             doc = await self.document(key)
@@ -456,16 +488,16 @@ class ObjectTests(S3TestCase):
 
     def test_stop_after_uploads_cleans_up(self) -> defer.Deferred[None]:
         """
-        stop() after the uploads returns promptly, stops both thread pools,
+        stopService() after the uploads returns promptly, stops both thread pools,
         and removes this process's (empty) directory of parked bodies.
         """
 
         async def go() -> None:
             store = self.store()
-            await store.start()
+            await store.startService()
             await self.object(store.store(exchange())["s3_key"])
             started = time.monotonic()
-            await store.stop()
+            await store.stopService()
             self.assertLess(time.monotonic() - started, 2.0)
             for pool in (store._pool, store._disk_pool):
                 self.assertFalse(pool.started)
@@ -487,7 +519,7 @@ class OutageTests(S3TestCase):
 
         async def go() -> None:
             store = self.store()
-            await store.start()
+            await store.startService()
             started = time.perf_counter()
             columns = store.store(exchange())
             self.assertLess(time.perf_counter() - started, 0.2)
@@ -509,21 +541,21 @@ class OutageTests(S3TestCase):
     def test_bodies_parked_by_an_earlier_run_are_uploaded(self) -> defer.Deferred[None]:
         """
         Bodies parked by a store that then stopped (S3 never came back for
-        it) are found by a new store on the same spool directory at start()
+        it) are found by a new store on the same spool directory at startService()
         and uploaded.
         """
 
         async def go() -> None:
             first = self.store()
-            await first.start()
+            await first.startService()
             keys = [first.store(numbered(n))["s3_key"] for n in range(3)]
             await wait_for(lambda: first.on_disk == 3)
-            await first.stop()
+            await first.stopService()
             self.assertEqual(len(body_files(self.spool_dir)), 3)
 
             await threads.deferToThread(self.s3.start)
             second = self.store()
-            await second.start()
+            await second.startService()
             for key in keys:
                 await self.object(key)
             await wait_for(lambda: second.pending == 0)
@@ -533,17 +565,17 @@ class OutageTests(S3TestCase):
 
     def test_bodies_held_in_memory_are_parked_at_stop(self) -> defer.Deferred[None]:
         """
-        Bodies still in their quick retries when stop() is called are
+        Bodies still in their quick retries when stopService() is called are
         written to disk rather than lost, and read back whole.
         """
 
         async def go() -> None:
             store = self.store(attempts=100, backoff=0.5)
-            await store.start()
+            await store.startService()
             keys = {store.store(numbered(n))["s3_key"] for n in range(3)}
             await wait_for(lambda: store.failures >= 3)
             self.assertEqual(store.on_disk, 0)
-            await store.stop()
+            await store.stopService()
             found = {read_parked(path)[0] for path in body_files(self.spool_dir)}
             self.assertEqual(found, keys)
 
@@ -557,7 +589,7 @@ class OutageTests(S3TestCase):
 
         async def go() -> None:
             store = self.store()
-            await store.start()
+            await store.startService()
             store.store(exchange())
             await wait_for(lambda: store.on_disk == 1)
             for _ in range(2):
@@ -565,7 +597,7 @@ class OutageTests(S3TestCase):
                 self.assertEqual(spool.open(), [])
                 spool.close()
                 self.assertEqual(len(body_files(self.spool_dir)), 1)
-                await store.stop()
+                await store.stopService()
 
         return as_deferred(go())
 
@@ -581,7 +613,7 @@ class OutageTests(S3TestCase):
             globalLogPublisher.addObserver(observer)
             self.addCleanup(globalLogPublisher.removeObserver, observer)
             store = self.store()
-            await store.start()
+            await store.startService()
             for n in range(5):
                 request = numbered(n)
                 store.store(
@@ -613,7 +645,7 @@ class OutageTests(S3TestCase):
             globalLogPublisher.addObserver(observer)
             self.addCleanup(globalLogPublisher.removeObserver, observer)
             store = self.store(memory_items=2, disk_bytes=10)
-            await store.start()
+            await store.startService()
             keys = [store.store(numbered(n))["s3_key"] for n in range(4)]
             await wait_for(lambda: store.dropped == 2)
             self.assertEqual((store.pending, store.on_disk, store.parked), (2, 0, 0))
@@ -666,19 +698,19 @@ class OutageTests(S3TestCase):
 
     def test_stop_is_bounded_when_an_upload_hangs(self) -> defer.Deferred[None]:
         """
-        With an upload hanging, stop() still returns within about
+        With an upload hanging, stopService() still returns within about
         stop_timeout, parks a copy of that body on disk, and stops its
         thread pools.
         """
 
         async def go() -> None:
             store = self.hanging_store()
-            await store.start()
+            await store.startService()
             key = store.store(exchange())["s3_key"]
             await task.deferLater(reactor, 0.3, lambda: None)
             self.assertEqual((store.pending, store.on_disk, store.failures), (1, 0, 0))
             started = time.monotonic()
-            await store.stop()
+            await store.stopService()
             self.assertLess(time.monotonic() - started, 3.0)
             self.assert_parked_and_stopped(store, key)
 
@@ -686,18 +718,18 @@ class OutageTests(S3TestCase):
 
     def test_stop_finishes_when_its_caller_gives_up(self) -> defer.Deferred[None]:
         """
-        A caller that cancels stop()'s Deferred (its own shorter timeout)
+        A caller that cancels stopService()'s Deferred (its own shorter timeout)
         does not cut the shutdown short: the body is still parked and the
         pools still stopped, within about stop_timeout.
         """
 
         async def go() -> None:
             store = self.hanging_store()
-            await store.start()
+            await store.startService()
             key = store.store(exchange())["s3_key"]
             await task.deferLater(reactor, 0.3, lambda: None)
             started = time.monotonic()
-            stopping = store.stop()
+            stopping = store.stopService()
             stopping.addTimeout(0.05, reactor)
             with self.assertRaises(defer.TimeoutError):
                 await stopping
@@ -727,12 +759,12 @@ class ModeTests(SynchronousTestCase):
             self.mktemp(),
         )
         self.assertIsInstance(store, PostgresBodyStore)
-        self.assertIsNone(store.start())
+        self.assertIsNone(store.startService())
         columns = store.store(exchange(request_body="aaaaaaaé".encode(), response_body=b'{"a":1}'))
         self.assertEqual(columns, {"request_body": "aaaaaaa", "response_body": '{"a":1}'})
         self.assertEqual(len(columns["request_body"].encode()), 7)
         self.assertEqual((store.pending, store.failures), (0, 0))
-        self.successResultOf(store.stop())
+        self.assertIsNone(store.stopService())
 
     def test_body_text_edges(self) -> None:
         """
@@ -757,9 +789,9 @@ class ModeTests(SynchronousTestCase):
         store = make_body_store(self.config(), self.mktemp())
         self.assertIsInstance(store, NoBodyStore)
         self.assertEqual(store.store(exchange()), {})
-        self.assertIsNone(store.start())
+        self.assertIsNone(store.startService())
         self.assertEqual((store.pending, store.failures), (0, 0))
-        self.successResultOf(store.stop())
+        self.assertIsNone(store.stopService())
 
     def test_s3_mode_is_chosen_by_config(self) -> None:
         """With body_storage s3 and the guide's s3 section, the S3 store is made (not started)."""
@@ -770,4 +802,4 @@ class ModeTests(SynchronousTestCase):
         )
         store = make_body_store(config, self.mktemp())
         self.assertIsInstance(store, S3BodyStore)
-        self.successResultOf(store.stop())
+        self.successResultOf(store.stopService())

@@ -6,11 +6,15 @@ Deferreds themselves.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
+from twisted.application import service
 from twisted.internet import defer, task
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from majordomo.inflight import DeferWaiter, bounded
-from majordomo.lifecycle import AfterConnected, CannotStart, InOrder, Part
+from majordomo.lifecycle import AfterConnected, CannotStart, Guarded, InOrder, Part
 from majordomo.service import GatewayService
 from tests import support
 
@@ -157,6 +161,66 @@ class AfterConnectedTests(SynchronousTestCase):
         self.assertEqual(recorder.events, [])
 
 
+class _Held(service.Service):
+    """A service whose start and stop return Deferreds the test fires."""
+
+    def __init__(self) -> None:
+        self.started: defer.Deferred[None] = defer.Deferred()
+        self.stopped: defer.Deferred[None] = defer.Deferred()
+
+    def startService(self) -> defer.Deferred[None]:
+        super().startService()
+        return self.started
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        return self.stopped
+
+
+class GuardedTests(SynchronousTestCase):
+    """L{Guarded} runs a service as a part the tree never hangs on."""
+
+    def test_stop_given_its_time_then_the_tree_goes_on(self) -> None:
+        """
+        The part stops the service it runs; a stop that never ends counts
+        as done after stop_within seconds, so the tree stops its next part.
+        """
+        clock = task.Clock()
+        recorder = _Recorder()
+        held = _Held()
+        tree = InOrder()
+        recorder.part("db").setServiceParent(tree)
+        Guarded("bodies", held, clock, stop_within=10.0).setServiceParent(tree)
+        tree.startService()
+        self.assertTrue(held.running)
+        stopped = tree.stopService()
+        self.assertFalse(held.running)
+        clock.advance(9.9)
+        self.assertEqual(recorder.events, ["start db"])
+        self.assertNoResult(stopped)
+        clock.advance(0.1)
+        self.successResultOf(stopped)
+        self.assertEqual(recorder.events, ["start db", "stop db"])
+
+    def test_failed_start_is_logged_with_what_it_means(self) -> None:
+        """
+        A start whose Deferred fails is logged once as critical, saying
+        what it means and why, and the part's start Deferred still succeeds.
+        """
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        held = _Held()
+        part = Guarded("bodies", held, task.Clock(), 10.0, start_failed="Bodies have nowhere")
+        started = part.startService()
+        assert started is not None
+        held.started.errback(OSError("read-only file system"))
+        self.successResultOf(started)
+        critical = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.critical]
+        self.assertEqual(critical, ["Bodies have nowhere: read-only file system"])
+
+
 class BoundedTests(SynchronousTestCase):
     """L{bounded} lets shutdown go on after its time."""
 
@@ -198,3 +262,13 @@ class GatewayTreeTests(SynchronousTestCase):
                 "journal",
             ],
         )
+
+    def test_body_store_and_writer_are_the_services_their_parts_run(self) -> None:
+        """The "bodies" and "writer" parts run the gateway's body store and log writer."""
+        gateway = GatewayService(support.gateway_config(1))  # built, never started
+        bodies = gateway.getServiceNamed("bodies")
+        writer = gateway.getServiceNamed("writer")
+        assert isinstance(bodies, Guarded) and isinstance(writer, Guarded)
+        self.assertIs(bodies.inner, gateway.bodies)
+        self.assertIs(writer.inner, gateway.writer)
+        self.assertIsInstance(gateway.bodies, service.Service)

@@ -29,46 +29,90 @@ log = Logger()
 
 class Parking:
     """
-    The disk side of L{majordomo.bodies.s3.S3BodyStore}, which it is mixed
-    into: it shares the store's state, declared here.
+    The disk side of L{majordomo.bodies.s3.S3BodyStore}, which hands it the
+    bodies S3 did not take (L{park}).  Each is written to C{parked} by the
+    disk thread (C{disk_pool}) and its file joins C{on_disk}, the store's
+    retry order.  A body the disk refuses is I{stranded}: kept here in
+    memory, counted against the store's memory budget by C{hold}, until the
+    store takes it back (L{take_stranded}).
+
+    Before L{start} (the disk thread is not running yet) every body is
+    stranded; after L{close}, a body the disk refuses is lost.
     """
 
-    _reactor: Any
-    _tuning: UploadTuning
-    _disk_pool: ThreadPool
-    _parked: ParkedBodies
-    _on_disk: ParkedRounds
-    _disk_writes: DeferWaiter
-    _stranded: list[Body]
-    _started: bool
-    _closed: bool
-    _parking: int
-    _last_park_error: float
-    parked: int
-    dropped: int
-    # Counts a body against the memory budget: the store's accounting.
-    _hold: Callable[[Body], None]
+    def __init__(
+        self,
+        reactor: Any,
+        tuning: UploadTuning,
+        disk_pool: ThreadPool,
+        parked: ParkedBodies,
+        on_disk: ParkedRounds,
+        hold: Callable[[Body], None],
+    ) -> None:
+        self._reactor = reactor
+        self._tuning = tuning
+        self._disk_pool = disk_pool
+        self._parked = parked
+        self._on_disk = on_disk
+        self._hold = hold
+        self._writes = DeferWaiter()  # bodies being written by the disk thread
+        self._stranded: list[Body] = []  # refused by S3 and by the disk
+        self._started = self._closed = False
+        self._last_error = float("-inf")
+        self.parked = 0  # bodies written to disk (cumulative)
+        self.dropped = 0  # bodies lost here, each logged
 
-    def _park(self, body: Body) -> None:
-        """Hand a body to the disk thread (it leaves the memory budget)."""
+    @property
+    def writing(self) -> int:
+        """Bodies handed to the disk thread and not yet written."""
+        return self._writes.count
+
+    @property
+    def stranded(self) -> int:
+        """Bodies refused by the disk too, held in memory."""
+        return len(self._stranded)
+
+    def start(self) -> None:
+        """The disk thread runs: from now on bodies go to disk."""
+        self._started = True
+
+    def close(self) -> int:
+        """
+        Stop keeping bodies: one the disk refuses from now on is lost.
+        Return how many are lost now: those stranded and those not yet written.
+        """
+        self._closed = True
+        return len(self._stranded) + self.writing
+
+    def park(self, body: Body) -> None:
+        """Hand a body to the disk thread (it leaves the store's memory budget)."""
         if not self._started:
             self._strand(body)
             return
         body.parked = True
-        self._parking += 1
         write = defer.Deferred.fromCoroutine(self._write_to_disk(body))
-        self._disk_writes.add(write.addErrback(self._bug))
+        self._writes.add(write.addErrback(self._bug))
+
+    def take_stranded(self) -> list[Body]:
+        """The bodies held in memory, which leave this side (still counted as held)."""
+        taken, self._stranded = self._stranded, []
+        return taken
+
+    def written(self) -> defer.Deferred[None]:
+        """Fires once no body is being written (cancelling it stops only the wait)."""
+        return self._writes.wait()
 
     async def _write_to_disk(self, body: Body) -> None:
         """Park one body by the disk thread, and what follows from it."""
         try:
-            path = await deferToThreadPool(self._reactor, self._disk_pool, self._write_parked, body)
+            path = await deferToThreadPool(self._reactor, self._disk_pool, self._write, body)
         except Exception:
-            self._park_failed(Failure(), body)
+            self._write_failed(Failure(), body)
         else:
-            self._body_parked(path)
+            self.parked += 1
+            self._on_disk.add(path)
 
-    def _write_parked(self, body: Body) -> str:
+    def _write(self, body: Body) -> str:
         """Write one body to disk (in the disk thread)."""
         data = body.data
         if data is None:
@@ -76,13 +120,7 @@ class Parking:
             data = encode_document(body.exchange)
         return self._parked.write(body.key, data)
 
-    def _body_parked(self, path: str) -> None:
-        self._parking -= 1
-        self.parked += 1
-        self._on_disk.add(path)
-
-    def _park_failed(self, failure: Failure, body: Body) -> None:
-        self._parking -= 1
+    def _write_failed(self, failure: Failure, body: Body) -> None:
         if self._closed:
             return
         body.parked = False
@@ -91,8 +129,8 @@ class Parking:
             log.failure("The bodies of a request cannot be encoded; they are lost", failure)
             return
         now = self._reactor.seconds()
-        if now - self._last_park_error >= WARN_EVERY:
-            self._last_park_error = now
+        if now - self._last_error >= WARN_EVERY:
+            self._last_error = now
             log.error(
                 "Request bodies cannot be parked on disk ({error}); holding them in memory",
                 error=describe(failure.value),
@@ -112,4 +150,4 @@ class Parking:
         self._stranded.append(body)
 
     def _bug(self, failure: Failure) -> None:
-        log.failure("Unexpected error in S3 body storage", failure)
+        log.failure("Unexpected error while parking a request body", failure)

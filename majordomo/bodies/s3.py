@@ -34,9 +34,10 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
+from twisted.application import service
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.threads import deferToThreadPool
@@ -56,8 +57,12 @@ from majordomo.inflight import DeferWaiter, bounded
 log = Logger()
 
 
-class S3BodyStore(Parking):
-    """Uploads each request's bodies to S3 from threads of its own; see the module docstring."""
+class S3BodyStore(service.Service):
+    """
+    Uploads each request's bodies to S3 from threads of its own (see the module
+    docstring), parking on C{parked} (by default under C{spool_dir/bodies}) and
+    uploading with C{client} (by default a boto3 client made from C{config}).
+    """
 
     def __init__(
         self,
@@ -65,6 +70,8 @@ class S3BodyStore(Parking):
         spool_dir: str,
         reactor: Any = None,
         tuning: UploadTuning | None = None,
+        parked: ParkedBodies | None = None,
+        client: SharedClient | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -73,28 +80,29 @@ class S3BodyStore(Parking):
         self._tuning = tuning or UploadTuning()
         self._pool = daemon_pool(config.upload_threads, "majordomo-s3")
         self._disk_pool = daemon_pool(1, "majordomo-bodies-disk")
-        self._parked = ParkedBodies(os.path.join(spool_dir, "bodies"), self._tuning.disk_bytes)
-        self._client = SharedClient(self._make_client)
+        self._parked = parked or ParkedBodies(
+            os.path.join(spool_dir, "bodies"), self._tuning.disk_bytes
+        )
+        self._client = client or SharedClient(self._make_client)
         self._ready: deque[Body] = deque()  # in memory, waiting for a thread
         self._waiting: dict[Body, IDelayedCall] = {}  # in memory, backing off
-        self._stranded: list[Body] = []  # in memory, refused by S3 and by the disk
         self._in_flight: set[Body] = set()
         self._uploads = DeferWaiter()  # upload attempts in the upload threads
-        self._disk_writes = DeferWaiter()  # bodies being parked by the disk thread
-        self._held_items = 0  # bodies in the four collections above
+        self._held_items = 0  # bodies above, and those stranded by the parking
         self._held_bytes = 0
-        self._parking = 0  # bodies handed to the disk thread, not yet written
         self._on_disk = ParkedRounds()  # parked files, in retry order
+        self._parking = Parking(
+            reactor, self._tuning, self._disk_pool, self._parked, self._on_disk, self._hold
+        )
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = reactor
         self._started = self._running = self._stopping = self._closed = False
         self._failing = False
-        self._last_warning = self._last_park_error = float("-inf")
+        self._last_warning = float("-inf")
         self._unwarned = 0
+        self._dropped = 0  # bodies lost on the upload side
         self.failures = 0  # upload attempts that failed
         self.uploaded = 0  # objects now in S3
-        self.parked = 0  # bodies written to disk (cumulative)
-        self.dropped = 0  # bodies lost, each logged as critical
         if bool(config.access_key_id) != bool(config.secret_access_key):
             log.warn(
                 "Only one of s3.access_key_id and s3.secret_access_key is set; "
@@ -104,7 +112,17 @@ class S3BodyStore(Parking):
     @property
     def pending(self) -> int:
         """Bodies not yet in S3: in memory or parked on disk."""
-        return self._held_items + self._parking + len(self._on_disk)
+        return self._held_items + self._parking.writing + len(self._on_disk)
+
+    @property
+    def parked(self) -> int:
+        """Bodies written to disk (cumulative)."""
+        return self._parking.parked
+
+    @property
+    def dropped(self) -> int:
+        """Bodies lost, each logged as critical."""
+        return self._dropped + self._parking.dropped
 
     @property
     def in_memory(self) -> int:
@@ -120,7 +138,7 @@ class S3BodyStore(Parking):
         """Queue the upload of one request's bodies; the row gets the object's key now."""
         key = object_key(exchange)
         if self._closed:
-            self.dropped += 1
+            self._dropped += 1
             log.critical("Request bodies arrived after S3 storage stopped; {key} is lost", key=key)
             return {}
         body = Body(key, exchange, len(exchange.request_body) + len(exchange.response_body))
@@ -129,25 +147,26 @@ class S3BodyStore(Parking):
             or self._held_items >= self._tuning.memory_items
             or self._held_bytes + body.size > self._tuning.memory_bytes
         ):
-            self._park(body)
+            self._parking.park(body)
         else:
             self._hold(body)
             self._ready.append(body)
             self._pump()
         return {"s3_key": key}
 
-    def start(self) -> defer.Deferred[None]:
+    def startService(self) -> defer.Deferred[None]:
         """
         Start the threads and queue the bodies earlier runs left on disk.
         Fails if the bodies directory cannot be used.
         """
+        super().startService()
         if self._started:
             return defer.succeed(None)
         self._started = self._running = True
         self._pool.start()
         self._disk_pool.start()
-        self._ready.extend(self._stranded)  # bodies stored before start
-        self._stranded.clear()
+        self._parking.start()
+        self._ready.extend(self._parking.take_stranded())  # bodies stored before start
         self._loop.start(self._tuning.retry_interval, now=False).addErrback(self._bug)
         d = deferToThreadPool(self._reactor, self._disk_pool, self._parked.open)
         self._pump()
@@ -160,7 +179,7 @@ class S3BodyStore(Parking):
             self._on_disk.add(path)
         self._start_round()
 
-    def stop(self) -> defer.Deferred[None]:
+    def stopService(self) -> defer.Deferred[None]:
         """
         Park on disk what is held in memory, give uploads in flight
         C{stop_timeout} to finish (a copy of each unfinished one is parked),
@@ -168,6 +187,7 @@ class S3BodyStore(Parking):
         Cancelling the returned Deferred (a caller's own timeout) does not
         cut this short: the threads are still stopped.
         """
+        super().stopService()
         stopped: defer.Deferred[None] = defer.Deferred()
         defer.Deferred.fromCoroutine(self._stop()).addErrback(self._bug).chainDeferred(stopped)
         return stopped
@@ -181,26 +201,26 @@ class S3BodyStore(Parking):
         self._on_disk.end()
         for call in self._waiting.values():
             call.cancel()
-        held = [*self._waiting, *self._ready, *self._stranded]
+        held = [*self._waiting, *self._ready, *self._parking.take_stranded()]
         self._waiting.clear()
         self._ready.clear()
-        self._stranded.clear()
         for body in held:
             self._release(body)
-            self._park(body)
+            self._parking.park(body)
         timeout = self._tuning.stop_timeout
         # Uploads first: one that fails parks its body, and nothing starts a new upload now.
-        await self._settle([self._uploads, self._disk_writes], timeout)
+        await self._settle([self._uploads.wait, self._parking.written], timeout)
         for body in list(self._in_flight):
             if not body.parked:  # the upload may still succeed: then S3 gets it twice
-                self._park(body)
-        await self._settle([self._disk_writes], timeout)
+                self._parking.park(body)
+        await self._settle([self._parking.written], timeout)
         self._closed = True
-        lost = len(self._stranded) + self._parking
+        lost = self._parking.close()
         if lost:
-            self.dropped += lost
+            self._dropped += lost
             log.critical("{n} request bodies could not be kept for S3 at shutdown", n=lost)
-        if not self._parking:
+        writing = self._parking.writing > 0
+        if not writing:
             try:
                 await deferToThreadPool(self._reactor, self._disk_pool, self._parked.close)
             except Exception:
@@ -208,17 +228,17 @@ class S3BodyStore(Parking):
         uploading = bool(self._in_flight or self._on_disk.uploading)
         if not uploading:
             await deferToThreadPool(self._reactor, self._pool, self._client.close)
-        stop_pool(self._disk_pool, busy=self._parking > 0)
+        stop_pool(self._disk_pool, busy=writing)
         stop_pool(self._pool, busy=uploading)
         if self._on_disk:
             log.info("{n} request bodies wait on disk for S3 until the next start", n=self.on_disk)
 
-    async def _settle(self, work: list[DeferWaiter], timeout: float) -> None:
+    async def _settle(self, work: list[Callable[[], defer.Deferred[None]]], timeout: float) -> None:
         """Wait, at most C{timeout} seconds in all, until each of C{work} is idle in turn."""
         deadline = self._reactor.seconds() + timeout
-        for waiter in work:
+        for idle in work:
             left = deadline - self._reactor.seconds()
-            await bounded(waiter.wait(), max(left, 0.0), self._reactor)
+            await bounded(idle(), max(left, 0.0), self._reactor)
 
     # Memory accounting: only what the upload side holds counts against the budget.
 
@@ -264,7 +284,7 @@ class S3BodyStore(Parking):
         if body.data is None:
             assert body.exchange is not None
             body.data = encode_document(body.exchange)
-        self._upload(body.key, body.data)
+        put_body(self._client.get(), self._config.bucket, body.key, body.data)
 
     def _body_uploaded(self, body: Body) -> None:
         self._in_flight.discard(body)
@@ -286,7 +306,7 @@ class S3BodyStore(Parking):
         else:
             self._release(body)
             if not body.parked:
-                self._park(body)
+                self._parking.park(body)
         self._pump()
 
     def _retry(self, body: Body) -> None:
@@ -306,7 +326,7 @@ class S3BodyStore(Parking):
     def _attempt_parked(self, path: str) -> None:
         """Upload one parked body and delete its file (in an upload thread)."""
         key, data = self._parked.read(path)
-        self._upload(key, data)
+        put_body(self._client.get(), self._config.bucket, key, data)
         self._parked.remove(path)
 
     def _parked_uploaded(self, path: str) -> None:
@@ -322,7 +342,7 @@ class S3BodyStore(Parking):
             return
         if failure.check(CorruptParkedBody, FileNotFoundError):
             self._on_disk.remove(path)
-            self.dropped += 1
+            self._dropped += 1
             log.critical("A parked request body cannot be uploaded: {error}", error=failure.value)
         else:
             self._attempt_failed(failure)
@@ -356,10 +376,6 @@ class S3BodyStore(Parking):
         )
         self._last_warning, self._unwarned = now, 0
 
-    def _upload(self, key: str, data: bytes) -> None:
-        """PUT one object (in an upload thread: boto3 blocks)."""
-        put_body(self._client.get(), self._config.bucket, key, data)
-
     def _make_client(self) -> Any:
         """The one boto3 client (thread-safe once made); made in an upload thread."""
         return make_client(self._config, self._tuning.connect_timeout, self._tuning.read_timeout)
@@ -367,10 +383,9 @@ class S3BodyStore(Parking):
     def _tick(self) -> None:
         """Every retry_interval: try parked and stranded bodies again.  Never raises."""
         try:
-            for body in self._stranded:
+            for body in self._parking.take_stranded():
                 body.attempts = max(0, self._tuning.attempts - 1)  # one try, then park again
                 self._ready.append(body)
-            self._stranded.clear()
             self._start_round()
             self._pump()
         except Exception:
@@ -379,3 +394,6 @@ class S3BodyStore(Parking):
     def _start_round(self) -> None:
         if self._running and self._on_disk.start():
             self._pump()
+
+    def _bug(self, failure: Failure) -> None:
+        log.failure("Unexpected error in S3 body storage", failure)

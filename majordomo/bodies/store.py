@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 from typing import TYPE_CHECKING, Any, Protocol
 
+from twisted.application import service
 from twisted.internet import defer
 
 from majordomo.bodies.document import Exchange
@@ -26,7 +27,11 @@ if TYPE_CHECKING:
 
 
 class BodyStore(Protocol):
-    """Where the bodies of finished requests go."""
+    """
+    Where the bodies of finished requests go: a Twisted service (each store
+    below is a C{service.Service}), started before the first body and
+    stopped after the last.
+    """
 
     def store(self, exchange: Exchange) -> dict[str, Any]:
         """
@@ -36,11 +41,11 @@ class BodyStore(Protocol):
         """
         ...
 
-    def start(self) -> defer.Deferred[None] | None:
+    def startService(self) -> defer.Deferred[None] | None:
         """Get ready to store (threads, bodies left on disk by an earlier run)."""
         ...
 
-    def stop(self) -> defer.Deferred[None]:
+    def stopService(self) -> defer.Deferred[None] | None:
         """Finish or set aside on disk what is pending, in bounded time."""
         ...
 
@@ -55,7 +60,7 @@ class BodyStore(Protocol):
         ...
 
 
-class NoBodyStore:
+class NoBodyStore(service.Service):
     """C{body_storage: none}: bodies are not kept; rows carry no extra column."""
 
     pending = 0
@@ -64,14 +69,8 @@ class NoBodyStore:
     def store(self, exchange: Exchange) -> dict[str, Any]:
         return {}
 
-    def start(self) -> None:
-        return None
 
-    def stop(self) -> defer.Deferred[None]:
-        return defer.succeed(None)
-
-
-class PostgresBodyStore:
+class PostgresBodyStore(service.Service):
     """
     C{body_storage: postgres}: the bodies travel in the row itself, as text
     of at most C{max_body_size} bytes each.  Nothing is pending: the log
@@ -89,12 +88,6 @@ class PostgresBodyStore:
             "request_body": body_text(exchange.request_body, self.max_body_size),
             "response_body": body_text(exchange.response_body, self.max_body_size),
         }
-
-    def start(self) -> None:
-        return None
-
-    def stop(self) -> defer.Deferred[None]:
-        return defer.succeed(None)
 
 
 def body_text(body: bytes, limit: int) -> str:
