@@ -43,6 +43,7 @@ from majordomo.ledger.writer import RecordSink
 from majordomo.logtext import failure_text, printable
 from majordomo.pricing import PriceSource
 from majordomo.providers import secrets
+from majordomo.providers.openai_usage import USAGE_ON_REQUEST_PROVIDERS
 from majordomo.usage import Usage
 from majordomo.usage.choose import make_usage_parser
 from majordomo.usage.openai import UsageChunkFilter
@@ -52,7 +53,7 @@ from majordomo.web.headers import NOT_FORWARDED, forwardable, header_list
 from majordomo.web.metrics import GatewayMetrics
 from majordomo.web.relay import BodyRelay, ClientWatch
 from majordomo.web.request_log import UnpricedModels, log_request
-from majordomo.web.rewrite import USAGE_ON_REQUEST_PROVIDERS, UsageRewrite, usage_rewrite
+from majordomo.web.rewrite import UsageRewrite, usage_rewrite
 from majordomo.web.upstream import UpstreamClient
 
 log = Logger()
