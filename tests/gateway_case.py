@@ -7,9 +7,10 @@ from typing import Any
 
 import treq
 from treq.client import HTTPClient
-from twisted.internet import defer, reactor
+from twisted.internet import defer, protocol, reactor
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.resource import Resource
 
 from majordomo.db.keys import KeyStore
 from majordomo.service import GatewayService
@@ -26,7 +27,8 @@ class GatewayTestCase(TestCase):
         self.upstream = support.FakeProvider(
             support.Canned(chunks=[support.chat_completion("gpt-4o-mini-2024-07-18", 19, 10)])
         )
-        self.upstream_port = support.listen(self.upstream)
+        self._upstream_slot = support.SwitchableUpstream(support.quiet_site(self.upstream))
+        self.upstream_port = reactor.listenTCP(0, self._upstream_slot, interface="127.0.0.1")
         self.addCleanup(self.upstream_port.stopListening)
         config = support.gateway_config(self.upstream_port.getHost().port, **self.gateway_env)
         self.gateway = GatewayService(config, reactor=reactor)
@@ -41,6 +43,18 @@ class GatewayTestCase(TestCase):
 
     def setUp(self) -> defer.Deferred[None]:
         return support.as_deferred(self._start())
+
+    def use_upstream(self, upstream: Resource | protocol.Factory) -> None:
+        """
+        Answer the gateway's upstream requests with C{upstream} (a resource,
+        or a protocol factory for faults below HTTP) instead of the fake
+        provider, on the same port, where the configuration points every
+        provider.  Call it before the test's first request: a pooled
+        connection stays with what answered it.
+        """
+        if not isinstance(upstream, protocol.Factory):
+            upstream = support.quiet_site(upstream)
+        self._upstream_slot.serving = upstream
 
     async def post(self, path: str, body: Any, **headers: str) -> tuple[Any, bytes]:
         """POST JSON through the gateway; returns (response, body)."""

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg2
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, protocol, reactor, task
+from twisted.internet.interfaces import IAddress
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
@@ -65,7 +66,8 @@ def fresh_database() -> None:
         import atexit
 
         atexit.register(drop_database, TEST_DATABASE)
-    run_sql("TRUNCATE api_keys, llm_requests, llm_requests_metadata_keys")
+    # CASCADE: tables that reference api_keys (a key's policy) are emptied with it.
+    run_sql("TRUNCATE api_keys, llm_requests, llm_requests_metadata_keys CASCADE")
 
 
 def run_sql(statement: str, params: Any = None) -> list[tuple[Any, ...]]:
@@ -160,11 +162,37 @@ class FakeProvider(Resource):
         reactor.callLater(delay, self._send, request, chunks, delay)
 
 
-def listen(resource: Resource) -> Any:
-    """Serve C{resource} on a free loopback port; returns the listening port."""
+class SwitchableUpstream(protocol.ServerFactory):
+    """
+    What listens where the gateway's configuration points the providers:
+    each connection it accepts is handed to C{serving} (a L{Site}, or any
+    protocol factory, for faults below HTTP), which a test may replace, so a
+    test chooses its upstream without touching the gateway.
+
+    C{serving} is never started or stopped (a L{Site} then keeps no access log
+    and no timer).  A connection stays with the factory that accepted it, so
+    replace C{serving} before the gateway makes its first upstream request.
+    """
+
+    noisy = False
+
+    def __init__(self, serving: protocol.Factory) -> None:
+        self.serving = serving
+
+    def buildProtocol(self, addr: IAddress) -> protocol.Protocol | None:
+        return self.serving.buildProtocol(addr)
+
+
+def quiet_site(resource: Resource) -> Site:
+    """A L{Site} serving C{resource} that logs no start and stop lines."""
     site = Site(resource)
     site.noisy = False
-    return reactor.listenTCP(0, site, interface="127.0.0.1")
+    return site
+
+
+def listen(resource: Resource) -> Any:
+    """Serve C{resource} on a free loopback port; returns the listening port."""
+    return reactor.listenTCP(0, quiet_site(resource), interface="127.0.0.1")
 
 
 def gateway_config(upstream_port: int, **env: str) -> Config:

@@ -37,12 +37,6 @@ class UpstreamFaultTests(GatewayTestCase):
 
     gateway_env = TIMEOUTS
 
-    def use_upstream(self, factory: protocol.Factory) -> None:
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        base = f"http://127.0.0.1:{port.getHost().port}"
-        self.patch(self.gateway.proxy._gateway, "base_url", lambda provider: base)
-
     def test_reset_before_headers(self) -> defer.Deferred[None]:
         """A provider that resets the connection before answering: 502, and a row saying so."""
         self.use_upstream(protocol.Factory.forProtocol(_Hangup))
@@ -86,10 +80,7 @@ class UpstreamFaultTests(GatewayTestCase):
         success), and the row says why.
         """
         upstream = ManualStream()
-        port = support.listen(upstream)
-        self.addCleanup(port.stopListening)
-        base = f"http://127.0.0.1:{port.getHost().port}"
-        self.patch(self.gateway.proxy._gateway, "base_url", lambda provider: base)
+        self.use_upstream(upstream)
 
         async def go() -> None:
             request = {**GUIDE_BODY, "stream": True}

@@ -116,12 +116,6 @@ def _stream_request(key: str) -> bytes:
 class StreamingTests(GatewayTestCase):
     """What a streaming client sees, and what is recorded."""
 
-    def use_upstream(self, resource: Resource) -> None:
-        port = support.listen(resource)
-        self.addCleanup(port.stopListening)
-        base = f"http://127.0.0.1:{port.getHost().port}"
-        self.patch(self.gateway.proxy._gateway, "base_url", lambda provider: base)
-
     def test_chunks_arrive_as_sent(self) -> defer.Deferred[None]:
         """
         Each chunk reaches the client before the provider sends the next one:
