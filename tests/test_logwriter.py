@@ -112,13 +112,14 @@ class LogWriterTestCase(TestCase):
         db: Database | None = None,
         spool_dir: str | None = None,
         memory_limit: int = 10000,
+        spool_max_bytes: int = 64 * 1024 * 1024,
     ) -> LogWriter:
         """
         A started LogWriter with a spool of its own (or in C{spool_dir},
         replaying what an earlier writer left there), stopped (and so flushed)
-        before its Database closes.
+        before its Database closes; C{self.spools} maps it to its spool.
         """
-        spool = Spool(spool_dir or self.mktemp(), max_bytes=64 * 1024 * 1024)
+        spool = Spool(spool_dir or self.mktemp(), max_bytes=spool_max_bytes)
         left_over = spool.open()
         self.addCleanup(spool.close)
         readers = ThreadPool(minthreads=0, maxthreads=1, name="test-spool-read")
@@ -374,17 +375,22 @@ class SpoolFullTests(LogWriterTestCase):
 
         async def go() -> None:
             spool_dir = self.mktemp()
-            writer = self.writer(batch_size=3, flush_interval=3600, spool_dir=spool_dir)
             records = self.records(3)
-            writer._spool.max_bytes = len(encode_record(records[0])) + 10
+            writer = self.writer(
+                batch_size=3,
+                flush_interval=3600,
+                spool_dir=spool_dir,
+                spool_max_bytes=len(encode_record(records[0])) + 10,
+            )
+            spool = self.spools[writer]
             for record in records:
                 writer.add(record)
             await writer.flush()
             self.assertEqual(stored_ids(), [r["id"] for r in records])
             self.assertEqual(writer.spool_failures, 2)
-            self.assertEqual(writer._spool.size, 0)
+            self.assertEqual(spool.size, 0)
             self.assertEqual(spooled(spool_dir), [])
-            self.assertTrue(writer._spool.writable())
+            self.assertTrue(spool.writable())
 
         return support.as_deferred(go())
 
