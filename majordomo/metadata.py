@@ -25,7 +25,7 @@ ALIAS_HEADER = "Provider-Alias"
 MAX_HEADERS = 32
 MAX_NAME_LENGTH = 64
 MAX_VALUE_BYTES = 512
-HLL_REGISTERS = 1024  # must match the SQL in majordomo.ledger.writer.INSERT_BATCH
+HLL_REGISTERS = 1024  # must match the SQL in majordomo.ledger.statement.INSERT_BATCH
 # An HTTP header name is a token (RFC 9110 section 5.6.2, "tchar").
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 

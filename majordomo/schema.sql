@@ -89,3 +89,110 @@ RETURNS smallint[] LANGUAGE sql IMMUTABLE AS $$
             FROM unnest(a, b) WITH ORDINALITY AS t(x, y, i) ORDER BY i)
     END
 $$;
+
+-- Policies (`majordomo keys policy`): at most one per key.  A budget needs both
+-- budget_usd and budget_period; per_metadata makes the budget and the rate
+-- limits apply to each value of that metadata name (canonical spelling).
+CREATE TABLE IF NOT EXISTS key_policies (
+    majordomo_api_key_id    uuid PRIMARY KEY REFERENCES api_keys (id) ON DELETE CASCADE,
+    budget_usd              numeric CHECK (budget_usd >= 0),
+    budget_period           text CHECK (budget_period IN ('day', 'week', 'month', 'total')),
+    per_metadata            text,
+    allow_models            text[],
+    deny_models             text[],
+    allow_unpriced          boolean NOT NULL DEFAULT false,
+    rpm                     integer CHECK (rpm > 0),
+    tpm                     bigint CHECK (tpm > 0),
+    updated_at              timestamptz NOT NULL DEFAULT now(),
+    CHECK ((budget_usd IS NULL) = (budget_period IS NULL))
+);
+
+-- One row per key, bucket (the per_metadata value; '' for none) and window.
+-- kind is a budget period (day, week, month, total: calendar windows in UTC)
+-- or a rate limit (rpm, tpm: calendar minutes).  For a budget, spent is
+-- SUM(total_cost) of the window's rows, kept by the log writer's batch
+-- statement.  leases holds each running gateway's share, leased atomically:
+-- {"<holder>": {"a": amount, "x": expiry as epoch seconds}}.  The batch
+-- statement moves a row's cost from its gateway's lease to spent, so
+-- spent + the leases never exceeds the limit but by what estimates missed.
+CREATE TABLE IF NOT EXISTS policy_windows (
+    majordomo_api_key_id    uuid NOT NULL,
+    bucket                  text NOT NULL,
+    kind                    text NOT NULL,
+    window_start            timestamptz NOT NULL,
+    spent                   numeric NOT NULL DEFAULT 0,
+    leases                  jsonb NOT NULL DEFAULT '{}'::jsonb,
+    PRIMARY KEY (majordomo_api_key_id, bucket, kind, window_start)
+);
+
+-- The calendar window (UTC) of kind `kind` that `at` falls in.
+CREATE OR REPLACE FUNCTION majordomo_window_start(kind text, at timestamptz)
+RETURNS timestamptz LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE kind
+        WHEN 'total' THEN timestamptz '1970-01-01 00:00:00+00'
+        WHEN 'rpm' THEN date_trunc('minute', at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+        WHEN 'tpm' THEN date_trunc('minute', at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+        ELSE date_trunc(kind, at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+    END
+$$;
+
+-- The leases after the rows of one batch charged their gateways: each
+-- holder's amount less what `charges` ({"<holder>": cost}) says it spent.
+CREATE OR REPLACE FUNCTION majordomo_leases_charged(leases jsonb, charges jsonb)
+RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
+    SELECT coalesce(jsonb_object_agg(holder, CASE
+        WHEN charges ? holder THEN jsonb_set(
+            lease, '{a}', to_jsonb((lease->>'a')::numeric - (charges->>holder)::numeric))
+        ELSE lease END), '{}'::jsonb)
+    FROM jsonb_each(leases) AS e(holder, lease)
+$$;
+
+-- Lease: grow `holder`'s share of one window by up to `want` (at least
+-- `need`, or nothing) out of what the limit leaves: limit - spent - every
+-- live lease.  Leases of other holders past their expiry are dropped first.
+-- A negative `want` gives that much back.  A `base` that is not NULL
+-- replaces the holder's share first (a gateway that lost track of its lease
+-- says what it still holds).  Returns the holder's share afterwards, what was
+-- granted, and the window's spent.  The row lock serialises every lease and
+-- every batch on the window.
+CREATE OR REPLACE FUNCTION majordomo_lease(
+    p_key uuid, p_bucket text, p_kind text, p_window timestamptz, p_holder text,
+    p_limit numeric, p_want numeric, p_need numeric, p_ttl double precision,
+    p_base numeric)
+RETURNS TABLE (share numeric, granted numeric, spent numeric)
+LANGUAGE plpgsql AS $$
+DECLARE
+    now_epoch double precision := extract(epoch FROM clock_timestamp());
+    w policy_windows;
+    live jsonb;
+    others numeric;
+    mine numeric;
+    give numeric;
+BEGIN
+    INSERT INTO policy_windows (majordomo_api_key_id, bucket, kind, window_start)
+    VALUES (p_key, p_bucket, p_kind, p_window) ON CONFLICT DO NOTHING;
+    SELECT * INTO w FROM policy_windows
+    WHERE majordomo_api_key_id = p_key AND bucket = p_bucket AND kind = p_kind
+      AND window_start = p_window
+    FOR UPDATE;
+    SELECT coalesce(jsonb_object_agg(h, l), '{}'::jsonb) INTO live
+    FROM jsonb_each(w.leases) AS e(h, l)
+    WHERE h = p_holder OR (l->>'x')::double precision >= now_epoch;
+    SELECT coalesce(sum((l->>'a')::numeric), 0) INTO others
+    FROM jsonb_each(live) AS e(h, l) WHERE h <> p_holder;
+    mine := coalesce(p_base, (live->p_holder->>'a')::numeric, 0);
+    IF p_want < 0 THEN
+        give := p_want;
+    ELSIF p_limit - w.spent - others - mine >= p_need THEN
+        give := least(p_want, p_limit - w.spent - others - mine);
+    ELSE
+        give := 0;
+    END IF;
+    live := jsonb_set(live, ARRAY[p_holder], jsonb_build_object(
+        'a', mine + give, 'x', now_epoch + p_ttl));
+    UPDATE policy_windows SET leases = live
+    WHERE majordomo_api_key_id = p_key AND bucket = p_bucket AND kind = p_kind
+      AND window_start = p_window;
+    RETURN QUERY SELECT mine + give, give, w.spent;
+END
+$$;

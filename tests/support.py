@@ -67,7 +67,7 @@ def fresh_database() -> None:
 
         atexit.register(drop_database, TEST_DATABASE)
     # CASCADE: tables that reference api_keys (a key's policy) are emptied with it.
-    run_sql("TRUNCATE api_keys, llm_requests, llm_requests_metadata_keys CASCADE")
+    run_sql("TRUNCATE api_keys, llm_requests, llm_requests_metadata_keys, policy_windows CASCADE")
 
 
 def run_sql(statement: str, params: Any = None) -> list[tuple[Any, ...]]:

@@ -19,6 +19,7 @@ from twisted.internet import defer
 
 from majordomo.db import Database
 from majordomo.metadata import metadata_name
+from majordomo.policy.rules import POLICY_COLUMNS, Policy, policy_from_row
 from majordomo.providers.secrets import sha256_hex
 
 KEY_PREFIX = "mdm_sk_"
@@ -64,6 +65,8 @@ class ActiveKey:
     id: str
     # Metadata names copied into indexed_metadata (`majordomo metadata activate`).
     indexed_metadata: frozenset[str] = frozenset()
+    # The key's budget, model rules and rate limits (`majordomo keys policy`), if any.
+    policy: Policy | None = None
 
 
 def _row_to_key(row: Any) -> ApiKey:
@@ -144,12 +147,19 @@ class KeyStore:
         """The L{ActiveKey} with this hash, or None."""
         rows = yield self._db.run_query(
             "SELECT id::text, ARRAY(SELECT key_name FROM llm_requests_metadata_keys m "
-            "WHERE m.majordomo_api_key_id = api_keys.id AND m.is_active) "
-            "FROM api_keys WHERE key_hash = %s AND is_active",
+            "WHERE m.majordomo_api_key_id = api_keys.id AND m.is_active), "
+            f"p.majordomo_api_key_id IS NOT NULL, {POLICY_COLUMNS} "
+            "FROM api_keys LEFT JOIN key_policies p ON p.majordomo_api_key_id = api_keys.id "
+            "WHERE key_hash = %s AND is_active",
             (key_hash,),
             retry_for=2.0,
         )
-        return ActiveKey(rows[0][0], frozenset(rows[0][1])) if rows else None
+        if not rows:
+            return None
+        key_id, indexed, has_policy, *policy = rows[0]
+        return ActiveKey(
+            key_id, frozenset(indexed), policy_from_row(policy) if has_policy else None
+        )
 
 
 @dataclass(frozen=True)

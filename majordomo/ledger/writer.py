@@ -7,11 +7,12 @@ Each record is made storable (L{majordomo.ledger.storable.row}: no value in it c
 make PostgreSQL refuse it) and journaled to the spool (L{majordomo.ledger.spool})
 when it is added, before the client sees the end of its response.  Records are grouped into
 batches of C{batch_size}, or whatever arrived within C{flush_interval}; each
-batch is one spool segment and ONE statement: the rows go in through
-C{jsonb_populate_recordset} (txpostgres cannot COPY or executemany) with
-C{ON CONFLICT (id) DO NOTHING}, and the same statement adds the inserted rows
-to C{api_keys.request_count} / C{last_used_at}, so a batch written twice
-changes nothing the second time.  Once committed, the segment is deleted.
+batch is one spool segment and ONE statement (L{majordomo.ledger.statement}):
+the rows go in through C{jsonb_populate_recordset} (txpostgres cannot COPY or
+executemany) with C{ON CONFLICT (id) DO NOTHING}, and the same statement adds
+the inserted rows to the key counters, the metadata registry and the budget
+windows, so a batch written twice changes nothing the second time.  Once
+committed, the segment is deleted.
 
 While PostgreSQL is away, batches wait, in order; at most C{memory_limit}
 records are held in memory, the rest only on disk (read back in a thread when
@@ -42,55 +43,10 @@ from twisted.python.threadpool import ThreadPool
 from majordomo.db import Database, is_unavailable
 from majordomo.ledger import storable
 from majordomo.ledger.spool import Segment, Spool, SpoolError, read_segment
+from majordomo.ledger.statement import INSERT_BATCH
 
 log = Logger()
 
-# One statement per batch.  Everything derived (key counters, the metadata
-# registry and its HyperLogLog sketches) comes from the rows this statement
-# actually inserted, so a replayed batch changes nothing.  HLL: a value's
-# 64-bit hash picks one of 1024 registers (low 10 bits) and sets it to at
-# least the position of the first 1 in the next 53 bits.
-INSERT_BATCH = """
-WITH inserted AS (
-    INSERT INTO llm_requests
-    SELECT * FROM jsonb_populate_recordset(NULL::llm_requests, %s::jsonb)
-    ON CONFLICT (id) DO NOTHING
-    RETURNING majordomo_api_key_id, created_at, raw_metadata
-), meta AS (
-    SELECT i.majordomo_api_key_id AS key_id, m.key AS name, i.created_at,
-           hashtextextended(m.value, 0) AS h
-    FROM inserted i, jsonb_each_text(i.raw_metadata) m
-    WHERE i.majordomo_api_key_id IS NOT NULL
-), registers AS (
-    SELECT key_id, name, (h & 1023)::int + 1 AS slot,
-           max(54 - length(ltrim((h >> 10)::bit(53)::text, '0')))::smallint AS rank
-    FROM meta GROUP BY 1, 2, 3
-), sketches AS (
-    SELECT k.key_id, k.name, ARRAY(
-        SELECT coalesce(r.rank, 0)::smallint FROM generate_series(1, 1024) AS g(slot)
-        LEFT JOIN registers r ON r.key_id = k.key_id AND r.name = k.name AND r.slot = g.slot
-        ORDER BY g.slot) AS hll
-    FROM (SELECT DISTINCT key_id, name FROM registers) k
-), registry AS (
-    INSERT INTO llm_requests_metadata_keys AS t
-        (majordomo_api_key_id, key_name, request_count, last_seen_at, hll)
-    SELECT m.key_id, m.name, count(*), max(m.created_at), min(s.hll)
-    FROM meta m JOIN sketches s USING (key_id, name)
-    GROUP BY m.key_id, m.name
-    ON CONFLICT (majordomo_api_key_id, key_name) DO UPDATE SET
-        request_count = t.request_count + excluded.request_count,
-        last_seen_at = GREATEST(t.last_seen_at, excluded.last_seen_at),
-        hll = majordomo_hll_merge(t.hll, excluded.hll)
-), per_key AS (
-    SELECT majordomo_api_key_id AS id, count(*) AS n, max(created_at) AS last_used
-    FROM inserted WHERE majordomo_api_key_id IS NOT NULL
-    GROUP BY majordomo_api_key_id
-)
-UPDATE api_keys SET
-    request_count = api_keys.request_count + per_key.n,
-    last_used_at = GREATEST(api_keys.last_used_at, per_key.last_used)
-FROM per_key WHERE api_keys.id = per_key.id
-"""
 
 
 class RecordSink(Protocol):
