@@ -25,6 +25,7 @@ from majordomo.pricing.prices import (
     PriceTier,
     decimal_price,
     normalise_model,
+    sane_token_limit,
 )
 
 # Price tables by the LiteLLM provider their entries carry.
@@ -101,7 +102,9 @@ def parse_litellm(table: Mapping[str, Any]) -> PriceTables:
 def _litellm_price(key: str, entry: Mapping[str, Any], table_name: str) -> ModelPrice:
     """
     The token prices of one LiteLLM entry, with its C{*_above_{N}k_tokens}
-    tiers and its service tiers (C{*_flex}, C{*_above_{N}k_tokens_priority}, ...).
+    tiers and its service tiers (C{*_flex}, C{*_above_{N}k_tokens_priority}, ...),
+    and the model's C{max_output_tokens} when the entry states a sane one
+    (L{sane_token_limit}; LiteLLM's entries carry C{null}, strings and 0 too).
     """
     # (service tier or None, threshold or None) -> ModelPrice field -> price
     found: dict[tuple[str | None, int | None], dict[str, Decimal]] = {}
@@ -125,13 +128,22 @@ def _litellm_price(key: str, entry: Mapping[str, Any], table_name: str) -> Model
     def price_of(service: str | None) -> ModelPrice:
         thresholds = sorted(n for s, n in found if s == service and n is not None)
         tiers = tuple(
-            PriceTier(n, ModelPrice(**found[service, n], tiers=(), service_tiers=()))
+            PriceTier(
+                n,
+                ModelPrice(**found[service, n], max_output_tokens=None, tiers=(), service_tiers=()),
+            )
             for n in thresholds
         )
-        return ModelPrice(**found.get((service, None), {}), tiers=tiers, service_tiers=())
+        return ModelPrice(
+            **found.get((service, None), {}), max_output_tokens=None, tiers=tiers, service_tiers=()
+        )
 
     services = sorted({service for service, _ in found if service is not None})
-    return replace(price_of(None), service_tiers=tuple((name, price_of(name)) for name in services))
+    return replace(
+        price_of(None),
+        service_tiers=tuple((name, price_of(name)) for name in services),
+        max_output_tokens=sane_token_limit(entry.get("max_output_tokens")),
+    )
 
 
 @dataclass(frozen=True)

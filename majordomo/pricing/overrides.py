@@ -73,7 +73,10 @@ def _override_price(spec: object, where: str, nested: tuple[str, ...]) -> ModelP
         else:
             known = ", ".join(PRICE_FIELDS + nested)
             raise PricingError(f"{where}: unknown field {name!r} (known: {known})")
-    return ModelPrice(**prices, tiers=tuple(tiers), service_tiers=tuple(services))
+    # An override states no output limit: the one of the price below it applies.
+    return ModelPrice(
+        **prices, tiers=tuple(tiers), service_tiers=tuple(services), max_output_tokens=None
+    )
 
 
 def _override_service_tiers(value: object, where: str) -> list[tuple[str, ModelPrice]]:

@@ -23,6 +23,11 @@ PRICE_FIELDS = (
     "input_audio",
     "output_audio",
 )
+# The most output tokens a model's limit, or a request's own cap, can
+# sensibly be: 16 Mi, sixteen times the largest output limit any model had
+# when this was written (Gemini's 1 Mi).  A larger number is a typo or a
+# hostile value, not a limit.
+MAX_SANE_OUTPUT_TOKENS = 2**24
 
 
 class PricingError(Exception):
@@ -57,6 +62,12 @@ class ModelPrice:
     is priced by its own prices only: a bucket the standard tier prices but
     the service tier does not has no price at that tier (see
     L{ModelPrice.service_tier_gaps}), never the standard one.
+
+    C{max_output_tokens} is not a price: the most tokens the model answers
+    with (LiteLLM's C{max_output_tokens}), which bounds what a request
+    without a cap of its own can cost (L{majordomo.policy.estimate}).  It is
+    layered like a price, so a price layered over this one keeps it, but it
+    is not in L{PRICE_FIELDS} and never makes a price non-empty.
     """
 
     input: Decimal | None = None
@@ -69,11 +80,13 @@ class ModelPrice:
     output_audio: Decimal | None = None
     tiers: tuple[PriceTier, ...] = ()
     service_tiers: tuple[tuple[str, ModelPrice], ...] = ()
+    max_output_tokens: int | None = None
 
     def layered_over(self, below: ModelPrice) -> ModelPrice:
         """
         These prices where they are set, C{below}'s elsewhere: field by field,
-        long-context tier by threshold, service tier by name.
+        long-context tier by threshold, service tier by name (and the
+        model's C{max_output_tokens} likewise).
         """
         merged = {}
         for name in PRICE_FIELDS:
@@ -92,6 +105,11 @@ class ModelPrice:
             **merged,
             tiers=tuple(tiers[n] for n in sorted(tiers)),
             service_tiers=tuple(sorted(services.items())),
+            max_output_tokens=(
+                below.max_output_tokens
+                if self.max_output_tokens is None
+                else self.max_output_tokens
+            ),
         )
 
     def tier_for(self, prompt_tokens: int) -> PriceTier | None:
@@ -214,6 +232,16 @@ def decimal_price(value: object, where: str) -> Decimal:
 def per_million(value: object, where: str) -> Decimal:
     """A USD-per-million price as USD per token (exact: a decimal shift)."""
     return decimal_price(value, where).scaleb(-6)
+
+
+def sane_token_limit(value: object) -> int | None:
+    """
+    C{value} as a token limit when it is one: an int (not a bool) from 1 to
+    L{MAX_SANE_OUTPUT_TOKENS}; else C{None}.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if 0 < value <= MAX_SANE_OUTPUT_TOKENS else None
 
 
 def price_fields(price: ModelPrice) -> dict[str, Decimal]:
