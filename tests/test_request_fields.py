@@ -24,7 +24,9 @@ _VALUES = st.recursive(
     ),
     max_leaves=20,
 )
-_NAMES = st.sampled_from(["model", "stream", "stream_options", "messages", 'mo"del', "x"])
+_NAMES = st.sampled_from(
+    [*request_fields.REQUEST_FIELDS, "messages", 'mo"del', "x", "maxOutputTokens"]
+)
 _OBJECTS = st.lists(st.tuples(_NAMES | st.text(max_size=6), _VALUES), max_size=6)
 
 
@@ -89,3 +91,44 @@ class AgreesWithJSONTests(SynchronousTestCase):
         self.assertGreater(len(turns), 4)
         found = self.successResultOf(d)
         self.assertEqual(found.values(), {"model": "m", "stream": True})
+
+
+class NestedMembersTests(SynchronousTestCase):
+    """
+    A wanted object's wanted members (stream_options, Gemini's
+    generationConfig) are read whether the body is parsed whole or scanned.
+    """
+
+    def read_both_ways(self, document: dict[str, Any]) -> list[dict[str, Any]]:
+        """values() of C{document} parsed (small) and scanned (padded past PARSED_BELOW)."""
+        found = []
+        for pad in (0, request_fields.PARSED_BELOW):
+            padded = {"contents": ["x" * pad], **document} if pad else document
+            clock = task.Clock()
+            d = defer.Deferred.fromCoroutine(
+                request_fields.read(json.dumps(padded).encode(), clock)
+            )
+            while not d.called:
+                clock.advance(0)
+            read = self.successResultOf(d)
+            assert read is not None
+            found.append(read.values())
+        return found
+
+    def test_generation_config(self) -> None:
+        config = {"temperature": 0.5, "maxOutputTokens": 512, "candidateCount": 2}
+        parsed, scanned = self.read_both_ways({"generationConfig": config})
+        self.assertEqual(parsed["generationConfig"], config)
+        self.assertEqual(scanned["generationConfig"], {"maxOutputTokens": 512, "candidateCount": 2})
+        _, scanned = self.read_both_ways({"generation_config": {"max_output_tokens": 9}})
+        self.assertEqual(scanned["generation_config"], {"max_output_tokens": 9})
+
+    def test_caps_and_counts(self) -> None:
+        document = {"model": "m", "max_tokens": 5, "max_completion_tokens": 6, "n": 2, "best_of": 3}
+        for found in self.read_both_ways({**document, "max_output_tokens": 7}):
+            self.assertEqual(found, {**document, "max_output_tokens": 7})
+
+    def test_not_an_object(self) -> None:
+        """A wanted object given as something else is that value, decoded."""
+        for found in self.read_both_ways({"generationConfig": [1, 2], "stream_options": None}):
+            self.assertEqual(found, {"generationConfig": [1, 2], "stream_options": None})

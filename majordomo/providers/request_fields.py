@@ -1,9 +1,9 @@
 # -*- test-case-name: tests.test_request_fields,tests.test_hostile_requests -*-
 """
-The few members of a JSON request body the gateway reads (C{model},
-C{stream}, C{stream_options}), found without building the document, and
-their byte offsets, so a member can be set by splicing bytes into the body
-instead of re-serialising it.
+The few members of a JSON request body the gateway reads (L{REQUEST_FIELDS}:
+C{model}, C{stream}, C{stream_options}, the output caps), found without
+building the document, and their byte offsets, so a member can be set by
+splicing bytes into the body instead of re-serialising it.
 
 The body is scanned, not parsed: the top-level object's members are walked
 one by one and every value the gateway does not need is skipped by matching
@@ -33,11 +33,26 @@ from twisted.internet import task
 from twisted.internet.interfaces import IReactorTime
 
 # What the gateway reads from a request body: name -> None to decode the value,
-# or the members to read from it when it is an object.
+# or the members to read from it when it is an object.  The caps and counts
+# bound what a request can cost before it is sent (majordomo.policy.estimate):
+# OpenAI's max_tokens / max_completion_tokens (Chat Completions, legacy
+# Completions), max_output_tokens (Responses), n and best_of (answers made per
+# request); Anthropic's max_tokens; Gemini's generationConfig (its protobuf
+# JSON reader takes the snake_case spelling of every name too).
+_GENERATION_CONFIG = dict.fromkeys(
+    ("maxOutputTokens", "max_output_tokens", "candidateCount", "candidate_count")
+)
 REQUEST_FIELDS: dict[str, Any] = {
     "model": None,
     "stream": None,
     "stream_options": {"include_usage": None},
+    "max_tokens": None,
+    "max_completion_tokens": None,
+    "max_output_tokens": None,
+    "n": None,
+    "best_of": None,
+    "generationConfig": _GENERATION_CONFIG,
+    "generation_config": _GENERATION_CONFIG,
 }
 # A body smaller than this is parsed whole, not scanned (see read).
 PARSED_BELOW = 512 * 1024
@@ -69,8 +84,15 @@ _SCALAR = re.compile(rb'[^,:\[\]{}"\s]*+')
 _NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
 _DELTAS = bytes.maketrans(b"[]{}", b"\x01\xff\x01\xff")  # +1 / -1 as signed bytes
 _OPEN = frozenset(b"[{")
+
+
+def _names(wanted: dict[str, Any]) -> list[str]:
+    """Every member name C{wanted} reads, nested ones included."""
+    return [n for name, spec in wanted.items() for n in [name, *_names(spec or {})]]
+
+
 # The longest escaped form of a wanted name ("\u0073\u0074..."): six bytes per character.
-_LONGEST_KEY = 6 * max(len(name) for name in REQUEST_FIELDS)
+_LONGEST_KEY = 6 * max(len(name) for name in _names(REQUEST_FIELDS))
 
 
 class _Malformed(Exception):
@@ -104,12 +126,18 @@ class JSONObject:
         return None if member is None or member.value is NOT_READ else member.value
 
     def values(self) -> dict[str, Any]:
-        """The decoded wanted members, as a dict (what the whole document would have had)."""
-        return {
-            name: member.value
-            for name, member in self.members.items()
-            if member.value is not NOT_READ
-        }
+        """
+        The decoded wanted members, as a dict (what the whole document would
+        have had); a wanted object that was scanned, not decoded, is the dict
+        of its own wanted members.
+        """
+        found = {}
+        for name, member in self.members.items():
+            if member.members is not None:
+                found[name] = member.members.values()
+            elif member.value is not NOT_READ:
+                found[name] = member.value
+        return found
 
     @property
     def located(self) -> bool:
