@@ -1,5 +1,8 @@
 # -*- test-case-name: tests.test_keys -*-
-"""C{majordomo keys create|list|get|update|revoke}: the gateway's API keys."""
+"""
+C{majordomo keys create|list|get|update|revoke}: the gateway's API keys; and
+C{majordomo keys policy ...}, their rules (L{majordomo.cli.policy}).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from twisted.python import usage
 
 from majordomo.cli.columns import format_time, write_columns
 from majordomo.cli.options import CommandOptions
+from majordomo.cli.policy import PolicyOptions, policy_command
 from majordomo.config import Config
 from majordomo.db import Database
 from majordomo.db.keys import ApiKey, KeyStore
@@ -46,13 +50,14 @@ class KeysUpdateOptions(_KeyIdOptions):
 
 
 class KeysOptions(usage.Options):
-    synopsis = "create|list|get|update|revoke"
+    synopsis = "create|list|get|update|revoke|policy"
     subCommands = [
         ["create", None, KeysCreateOptions, "Create an API key (shown once)."],
         ["list", None, CommandOptions, "List API keys."],
         ["get", None, _KeyIdOptions, "Show one API key."],
         ["update", None, KeysUpdateOptions, "Rename or describe an API key."],
         ["revoke", None, _KeyIdOptions, "Revoke an API key at once."],
+        ["policy", None, PolicyOptions, "A key's budget, model rules and rate limits."],
     ]
 
     def postOptions(self) -> None:
@@ -143,6 +148,8 @@ async def keys_command(reactor: Any, config: Config, options: Any, out: TextIO, 
     db = Database(config.storage.postgres, reactor=reactor, pool_size=1)
     try:
         await db.connect_once()
+        if options.subCommand == "policy":
+            return await policy_command(db, options.subOptions, out)
         return await _KEY_COMMANDS[options.subCommand](KeyStore(db), options.subOptions, out)
     finally:
         db.close()
