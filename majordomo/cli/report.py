@@ -3,7 +3,8 @@
 C{majordomo usage}: spend and tokens per model, key, day, provider or
 metadata value, counted exactly as the getting-started guide's "Common
 Queries" count them (C{COUNT(*)}, C{SUM(...)}), so the report and the guide's
-SQL always agree on the same data.
+SQL always agree on the same data.  C{--budgets} shows spend against the
+keys' budgets instead (L{majordomo.cli.budgets}).
 
 A cost PostgreSQL does not know (C{total_cost} NULL: no price for the model)
 is never shown as 0: each group says how many of its requests are unpriced,
@@ -23,6 +24,7 @@ from typing import Any, TextIO
 from twisted.internet import task
 from twisted.python import usage
 
+from majordomo.cli.budgets import BUDGET_WRITERS, fetch_budgets
 from majordomo.cli.options import CommandOptions, parse_date
 from majordomo.config import Config
 from majordomo.db import Database
@@ -272,7 +274,7 @@ WRITERS: dict[str, Callable[[Grouping, Sequence[UsageRow], TextIO], None]] = {
 class UsageOptions(CommandOptions):
     synopsis = (
         "[--by model|key|day|provider|metadata:NAME] [--since YYYY-MM-DD] "
-        "[--until YYYY-MM-DD] [--format table|json|csv]"
+        "[--until YYYY-MM-DD] [--format table|json|csv] | --budgets [--format ...]"
     )
     longdesc = (
         "Requests, tokens and spend (USD) per group, counted as the getting-started "
@@ -284,16 +286,19 @@ class UsageOptions(CommandOptions):
         [
             "by",
             "b",
-            "model",
-            "model, key, day, provider or metadata:NAME (any X-Majordomo-* name).",
+            None,
+            "model (default), key, day, provider or metadata:NAME (any X-Majordomo-* name).",
         ],
         ["since", "s", None, "Only requests that arrived on or after this date (UTC)."],
         ["until", "u", None, "Only requests that arrived before this date (UTC)."],
         ["format", "f", "table", "table, json or csv."],
     ]
+    optFlags = [["budgets", None, "Spend against each key's budget in its current window."]]
 
     def postOptions(self) -> None:
-        self["grouping"] = parse_grouping(self["by"])
+        if self["budgets"] and (self["by"] or self["since"] or self["until"]):
+            raise usage.UsageError("--budgets shows current windows: no --by, --since, --until")
+        self["grouping"] = parse_grouping(self["by"] or "model")
         self["since"] = parse_date("--since", self["since"])
         self["until"] = parse_date("--until", self["until"])
         if self["since"] and self["until"] and self["since"] >= self["until"]:
@@ -376,10 +381,16 @@ async def usage_command(
         progress.start()
     try:
         await db.connect_once()
-        rows = await fetch_usage(db, grouping, options["since"], options["until"])
+        if options["budgets"]:
+            budgets = await fetch_budgets(db)
+        else:
+            rows = await fetch_usage(db, grouping, options["since"], options["until"])
     finally:
         if progress is not None:
             progress.stop()
         db.close()
-    WRITERS[options["format"]](grouping, rows, out)
+    if options["budgets"]:
+        BUDGET_WRITERS[options["format"]](budgets, out)
+    else:
+        WRITERS[options["format"]](grouping, rows, out)
     return 0
