@@ -159,6 +159,14 @@ class S3Config:
 
 
 @dataclass(frozen=True)
+class PoliciesConfig:
+    # When a key's limits cannot be checked (PostgreSQL away and this gateway's
+    # leases used up or expired): refuse with 503, or let requests through uncounted.
+    when_unavailable: str = _setting("deny", checks.when_unavailable)
+    lease_ttl: float = _setting(60.0, checks.positive)  # seconds a gateway's unrenewed lease lives
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = _section(ServerConfig)
     storage: StorageConfig = _section(StorageConfig)
@@ -167,6 +175,7 @@ class Config:
     pricing: PricingConfig = _section(PricingConfig)
     logging: LoggingConfig = _section(LoggingConfig)
     s3: S3Config = _section(S3Config)
+    policies: PoliciesConfig = _section(PoliciesConfig)
 
     def __post_init__(self) -> None:
         if bool(self.s3.access_key_id) != bool(self.s3.secret_access_key):

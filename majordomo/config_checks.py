@@ -92,6 +92,11 @@ def base_url(value: str) -> str | None:
     return None
 
 
+def when_unavailable(value: str) -> str | None:
+    """What a key's limits do while they cannot be checked: let requests through, or refuse them."""
+    return None if value in ("allow", "deny") else "must be allow or deny"
+
+
 def body_storage(value: str) -> str | None:
     """Where request and response bodies are kept: nowhere, in S3 or in PostgreSQL."""
     return None if value in ("none", "s3", "postgres") else "must be none, s3 or postgres"

@@ -49,14 +49,17 @@ from majordomo.lifecycle import (
     Part,
     ThreadPoolService,
 )
+from majordomo.policy.gate import PolicyGate
+from majordomo.policy.leases import LeaseBook
 from majordomo.preload import load_lazy_imports
 from majordomo.pricing import configured_book
 from majordomo.pricing.refresh import PricingService
+from majordomo.web.gateway import Gateway
 from majordomo.web.health import Health, Ready
 from majordomo.web.limits import limit_request_bodies
 from majordomo.web.listening import adopt_port, listen_tcp
 from majordomo.web.metrics import GatewayMetrics, MetricsResource
-from majordomo.web.proxy import Gateway, ProxyResource
+from majordomo.web.proxy import ProxyResource
 from majordomo.web.upstream import UpstreamClient
 
 log = Logger()
@@ -113,8 +116,8 @@ class GatewayService(InOrder):
     """
     Majordomo Gateway as one twistd service.  Its children, in start order
     (they stop in the reverse one): the journal (spool), its reader threads,
-    the upstream pool, the PostgreSQL pool, the key cache, body storage, the
-    log writer, live pricing, the request drain, the listening port and the
+    the upstream pool, the PostgreSQL pool, the key cache, the policy leases,
+    body storage, the log writer, live pricing, the request drain, the listening port and the
     descriptor watch.  The key cache, pricing and the descriptor watch start
     once PostgreSQL first answers; everything else at once.
     """
@@ -150,6 +153,7 @@ class GatewayService(InOrder):
         )
         self.bodies = make_body_store(config, config.storage.spool_path(), reactor=reactor)
         self.metrics.watch(self.writer, self.spool, self.bodies)
+        self.leases = LeaseBook(self.db, reactor, ttl=config.policies.lease_ttl)
         self.upstream = UpstreamClient(
             reactor, config.upstream.max_connections_per_host, config.upstream.connect_timeout
         )
@@ -165,6 +169,7 @@ class GatewayService(InOrder):
                 idle_timeout=config.upstream.idle_timeout,
                 metrics=self.metrics,
                 bodies=None if config.logging.body_storage == "none" else self.bodies,
+                policies=PolicyGate(self.leases, self.pricing, config.policies.when_unavailable),
             )
         )
         self.site = _QuietSite(
@@ -192,6 +197,8 @@ class GatewayService(InOrder):
             Part("postgres", self._connect_database, self.db.close),
             # Not waited for: lookups use PostgreSQL until it listens.
             AfterConnected(self.key_cache, self.db.when_connected),
+            # Before the writer, so it stops after it: what is given back is then exact.
+            Part("policy leases", self.leases.start, self._stop_leases),
             Guarded(
                 "bodies",
                 self.bodies,
@@ -289,6 +296,9 @@ class GatewayService(InOrder):
     def _start_pricing(self) -> None:
         self.pricing.startService()
         log.info("Pricing data loaded ({count} models)", count=len(self.pricing.book))
+
+    def _stop_leases(self) -> defer.Deferred[None]:
+        return bounded(self.leases.stop(), 5.0, self._reactor)
 
     def _drain_requests(self) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self._drain())

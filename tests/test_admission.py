@@ -20,8 +20,9 @@ from twisted.web.http_headers import Headers
 from majordomo import metadata
 from majordomo.web import admission
 from majordomo.web.admission import Arrival, Refusal
+from majordomo.web.gateway import Gateway
 from majordomo.web.metrics import GatewayMetrics
-from majordomo.web.proxy import Gateway, ProxyResource
+from majordomo.web.proxy import ProxyResource
 from tests.fakes import FixedPrices, MemoryKeys, MemoryRecordSink
 
 KEY = "md-test-key"

@@ -241,8 +241,9 @@ class GatewayTreeTests(SynchronousTestCase):
         """
         Stopping (the reverse of the children's order) goes: stop listening,
         drain the requests in flight, flush the writer, finish the body
-        uploads, then the key cache, the PostgreSQL pool, the upstream pool,
-        and last the journal.
+        uploads, give back the policy leases (after the writer: the rows
+        have then charged them), then the key cache, the PostgreSQL pool,
+        the upstream pool, and last the journal.
         """
         gateway = GatewayService(support.gateway_config(1))  # built, never started
         stop_order = [child.name for child in reversed(list(gateway))]
@@ -255,6 +256,7 @@ class GatewayTreeTests(SynchronousTestCase):
                 "pricing (after PostgreSQL)",
                 "writer",
                 "bodies",
+                "policy leases",
                 "key cache (after PostgreSQL)",
                 "postgres",
                 "upstream",

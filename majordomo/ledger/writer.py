@@ -48,7 +48,6 @@ from majordomo.ledger.statement import INSERT_BATCH
 log = Logger()
 
 
-
 class RecordSink(Protocol):
     """
     Where the proxy hands each finished request's record.  C{add} is called

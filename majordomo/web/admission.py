@@ -4,10 +4,11 @@ Admission: the checks a request passes before the gateway forwards it.
 
 In order: one C{X-Majordomo-Key}, that key valid now, the provider chosen
 (L{majordomo.providers.choose_provider}, the one rule) and configured, a
-method and target the gateway forwards, then the body's few fields read and
-the metadata headers within their limits.  A check that fails raises
-L{Refusal}; the proxy answers every refusal in one place, in the chosen
-provider's error format, with a row when the key was valid.
+method and target the gateway forwards, then the body's few fields read,
+the metadata headers within their limits, and last the key's policy
+(L{majordomo.policy.gate}: model rules, budget, rate limits).  A check that
+fails raises L{Refusal}; the proxy answers every refusal in one place, in
+the chosen provider's error format, with a row when the key was valid.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from majordomo.db.keys import ActiveKey, hash_key
 from majordomo.ids import uuid7
 from majordomo.ledger.record import RequestRecord
 from majordomo.logtext import printable
+from majordomo.policy.gate import Allowance, PolicyGate, PolicyRefusal
 from majordomo.providers import request_fields, secrets
 from majordomo.providers.query import split_target
 from majordomo.web import target
@@ -39,14 +41,19 @@ KEY_HEADER = b"x-majordomo-key"
 class Refusal(Exception):
     """
     The gateway answers this request itself, with C{status} and C{message}
-    (and, in OpenAI's format, C{code}), instead of forwarding it.
+    (and, in OpenAI's format, C{code}; a policy's refusals name their rule
+    there), instead of forwarding it.  C{retry_after}: seconds, for the
+    C{Retry-After} header.
     """
 
-    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, code: str | None = None, retry_after: int | None = None
+    ) -> None:
         super().__init__(status, message, code)
         self.status = status
         self.message = message
         self.code = code
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,7 @@ class Admitted:
     body: bytes  # as the client sent it
     fields: request_fields.JSONObject | None
     facts: providers.RequestFacts
+    allowance: Allowance | None = None  # what it holds of its key's limits, when it has a policy
 
 
 # A key hash -> the active key it belongs to, or None (the key cache's authenticate).
@@ -169,10 +177,12 @@ async def admit(
     api_key: ActiveKey,
     base_url: Callable[[str], str],
     clock: IReactorTime,
+    policies: PolicyGate | None = None,
 ) -> Admitted:
     """
     The checks after authentication, in order; each may raise L{Refusal}.
     The record learns the requested model and the metadata on the way.
+    An admitted request with an allowance must have it ended when it ends.
     """
     url = upstream_url(request.method, request.uri, destination(arrival, base_url))
     body = request.content.read() if request.content is not None else b""
@@ -182,4 +192,19 @@ async def admit(
     )
     record.model_requested = facts.model
     attach_metadata(request.requestHeaders, record, api_key)
-    return Admitted(url, body, fields, facts)
+    allowance = None
+    if api_key.policy is not None and policies is not None:
+        try:
+            allowance = await policies.admit(
+                api_key.id,
+                api_key.policy,
+                arrival.provider,
+                facts.model,
+                len(body),
+                fields.values() if fields else None,
+                record.raw_metadata,
+                arrival.arrived,
+            )
+        except PolicyRefusal as e:
+            raise Refusal(e.status, e.message, e.code, e.retry_after) from None
+    return Admitted(url, body, fields, facts, allowance)

@@ -100,6 +100,13 @@ class GatewayMetrics:
         self.batch_failures = Counter(
             "majordomo_log_batch_failures", "Batches PostgreSQL did not take", registry=r
         )
+        # Labelled by the refusal's code: a handful of fixed values.
+        self.policy_refusals = Counter(
+            "majordomo_policy_refusals",
+            "Requests a key's policy refused, by rule (model_not_allowed, budget_exceeded, ...)",
+            ["rule"],
+            registry=r,
+        )
 
     def request_finished(
         self,

@@ -20,12 +20,11 @@ paths only redacted.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
@@ -35,26 +34,22 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from majordomo import providers
 from majordomo.bodies.document import Exchange
-from majordomo.bodies.store import BodyStore
 from majordomo.db.keys import hash_key
 from majordomo.inflight import DeferWaiter
 from majordomo.ledger.record import RequestRecord
-from majordomo.ledger.writer import RecordSink
 from majordomo.logtext import failure_text, printable
-from majordomo.pricing import PriceSource
 from majordomo.providers import secrets
 from majordomo.providers.openai_usage import USAGE_ON_REQUEST_PROVIDERS
 from majordomo.usage import Usage
 from majordomo.usage.choose import make_usage_parser
 from majordomo.usage.openai import UsageChunkFilter
 from majordomo.web import admission, upstream_failure
-from majordomo.web.admission import Admitted, Arrival, Authenticate, Refusal
+from majordomo.web.admission import Admitted, Arrival, Refusal
+from majordomo.web.gateway import Gateway
 from majordomo.web.headers import NOT_FORWARDED, forwardable, header_list
-from majordomo.web.metrics import GatewayMetrics
 from majordomo.web.relay import BodyRelay, ClientWatch
 from majordomo.web.request_log import UnpricedModels, log_request
 from majordomo.web.rewrite import UsageRewrite, usage_rewrite
-from majordomo.web.upstream import UpstreamClient
 
 log = Logger()
 
@@ -70,24 +65,6 @@ class _Relayed:
     error_message: str | None
     captured: bytes  # for body storage
     ended: float  # when the upstream's last byte arrived
-
-
-@dataclass
-class Gateway:
-    """What the proxy needs from the running service; injectable for tests."""
-
-    authenticate: Authenticate  # key hash -> Deferred[ActiveKey | None]
-    base_url: Callable[[str], str]  # provider -> configured base URL ("" = not configured)
-    upstream: UpstreamClient
-    prices: PriceSource  # its .book is read for each request (a refresh swaps it)
-    writer: RecordSink  # takes each request's row
-    clock: IReactorTime
-    response_timeout: float
-    idle_timeout: float
-    metrics: GatewayMetrics
-    bodies: BodyStore | None = None  # when logging.body_storage is not none
-    # Largest response body kept for body storage (the client always gets all of it).
-    body_capture_limit: int = 32 * 1024 * 1024
 
 
 class ProxyResource(Resource):
@@ -147,11 +124,24 @@ class ProxyResource(Resource):
             api_key = await admission.authenticated(headers, gateway.authenticate)
             record = admission.new_record(arrival, api_key.id, headers)
             admitted = await admission.admit(
-                request, arrival, record, api_key, gateway.base_url, gateway.clock
+                request, arrival, record, api_key, gateway.base_url, gateway.clock, gateway.policies
             )
         except Refusal as refusal:
             self._send_refusal(request, arrival.provider, record, refusal)
             return
+        try:
+            await self._forward(request, arrival, record, admitted)
+        finally:
+            # Whatever happened, the request stops holding its share of its key's
+            # limits (at no cost if the exact cost did not replace it first).
+            if admitted.allowance is not None:
+                admitted.allowance.end(Decimal(0), 0)
+
+    async def _forward(
+        self, request: Request, arrival: Arrival, record: RequestRecord, admitted: Admitted
+    ) -> None:
+        """Forward an admitted request, relay its answer, then write its row and end it."""
+        gateway = self._gateway
         rewrite = usage_rewrite(arrival, admitted)
         request.setHeader(b"x-majordomo-request-id", str(record.id).encode("ascii"))
         client = ClientWatch(request)
@@ -234,6 +224,11 @@ class ProxyResource(Resource):
         cost = gateway.prices.book.cost(arrival.provider, usage)
         if not cost.priced and usage.model and usage.input_tokens:
             self._unpriced.note(arrival.provider, usage.model)
+        if admitted.allowance is not None:
+            admitted.allowance.end(
+                cost.total_cost, (usage.input_tokens or 0) + (usage.output_tokens or 0)
+            )
+            record.extra.update(admitted.allowance.row_fields)
         self._store_bodies(request, arrival, record, admitted, relayed)
         # Journaled before the client sees the end of the response: a client
         # that got a whole answer always has its row, even if we crash now.
@@ -343,9 +338,14 @@ class ProxyResource(Resource):
         """
         if record is not None:
             now = self._gateway.clock.seconds()
+            message = f"{refusal.code}: {refusal.message}" if refusal.code else refusal.message
             self._gateway.writer.add(
-                record.failed(now=now, status_code=refusal.status, message=refusal.message)
+                record.failed(now=now, status_code=refusal.status, message=message)
             )
+        if refusal.code is not None:
+            self._gateway.metrics.policy_refusals.labels(refusal.code).inc()
+        if refusal.retry_after is not None:
+            request.setHeader(b"retry-after", str(refusal.retry_after).encode("ascii"))
         self._send_error_response(request, provider, refusal.status, refusal.message, refusal.code)
 
     def _send_error_response(
