@@ -169,6 +169,8 @@ DECLARE
     mine numeric;
     give numeric;
 BEGIN
+    -- A question that would wait long for the row is better answered "unavailable".
+    PERFORM set_config('lock_timeout', '1500ms', true);
     INSERT INTO policy_windows (majordomo_api_key_id, bucket, kind, window_start)
     VALUES (p_key, p_bucket, p_kind, p_window) ON CONFLICT DO NOTHING;
     SELECT * INTO w FROM policy_windows

@@ -51,8 +51,12 @@ WHERE w.majordomo_api_key_id = h.k AND w.bucket = h.b AND w.kind = h.kind
   AND w.window_start = h.ws AND w.leases ? %s
 RETURNING w.majordomo_api_key_id::text, w.bucket, w.kind, w.window_start
 """
-# A lease question that takes longer than this is taken as PostgreSQL being away.
+# A lease question that takes longer than this is taken as PostgreSQL being away
+# (the lease function itself gives up waiting for a row lock after 1.5 s) ...
 ASK_TIMEOUT = 2.0
+# ... and for this long afterwards no question is asked: requests that need one
+# are answered by policies.when_unavailable at once instead of each waiting.
+UNAVAILABLE_BACKOFF = 1.0
 
 
 class Unavailable(Exception):
@@ -98,6 +102,7 @@ class LeaseBook:
         self.holder = holder or str(uuid.uuid4())
         self._holdings: dict[WindowId, Holding] = {}
         self._loop: task.LoopingCall | None = None
+        self._unavailable_until = 0.0
 
     def __len__(self) -> int:
         return len(self._holdings)
@@ -126,6 +131,8 @@ class LeaseBook:
             if held.asking is not None:
                 await _settled(held.asking)
                 continue
+            if now < self._unavailable_until:
+                raise Unavailable("PostgreSQL did not answer a lease question just now")
             held.asking = defer.Deferred.fromCoroutine(self._ask(held, need, chunk))
             try:
                 granted = await held.asking
@@ -167,6 +174,7 @@ class LeaseBook:
         try:
             rows = await asked
         except Exception as e:
+            self._unavailable_until = self._clock.seconds() + UNAVAILABLE_BACKOFF
             raise Unavailable(printable(e)) from e
         granted = Decimal(rows[0][1])
         held.share += granted
