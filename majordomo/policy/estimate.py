@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_estimate -*-
 """
 What a request can cost at most, known before it is sent: the amount
-admission reserves against a budget (issue 14) until the exact cost, the
+admission reserves against a budget until the exact cost, the
 one that goes into the row, replaces it when the request ends.
 
 The estimate is an upper bound made of three upper bounds:
