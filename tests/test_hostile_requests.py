@@ -22,8 +22,8 @@ from twisted.web.server import Site
 
 from majordomo.db.keys import KeyStore
 from majordomo.providers import request_fields
+from majordomo.providers.openai_usage import inject_include_usage
 from majordomo.service import GatewayService
-from majordomo.usage.openai import inject_include_usage
 from majordomo.web import request_log
 from tests import raw_http, support
 

@@ -156,12 +156,31 @@ class LeaseBookTests(TestCase):
 
         return support.as_deferred(go())
 
-    # A bug in LeaseBook.take, reported to the coordinator: its loop counts
-    # waiting for another take's question against its 3 tries, so takes that
-    # wait through 3 questions are refused (False) although the limit is far.
-    test_concurrent_takes_beyond_one_grant.todo = (  # type: ignore[attr-defined]
-        "LeaseBook.take counts waits for others' questions against its 3 tries"
-    )
+    def test_a_reached_limit_costs_no_question_per_refusal(self) -> defer.Deferred[None]:
+        """
+        Once PostgreSQL has granted nothing, takes needing as much are refused
+        without asking again for a second (a burst at the limit is no burst of
+        statements); a smaller one, or one a second later, asks.
+        """
+
+        async def go() -> None:
+            book = self.book("gw-a")
+            held = book.holding(self.window, Decimal("0.10"))
+            amount = Decimal("0.06")
+            self.assertTrue(await book.take(held, amount, amount, amount))
+            self.assertFalse(await book.take(held, amount, amount, amount))
+            asked = self.db.asked
+            refused = [await book.take(held, amount, amount, amount) for _ in range(50)]
+            self.assertEqual(refused, [False] * 50)
+            self.assertEqual(self.db.asked, asked)
+            small = Decimal("0.03")
+            self.assertTrue(await book.take(held, small, small, small))
+            self.assertEqual(self.db.asked, asked + 1)
+            await support.sleep(1.05)
+            self.assertFalse(await book.take(held, amount, amount, amount))
+            self.assertEqual(self.db.asked, asked + 2)
+
+        return support.as_deferred(go())
 
     def test_two_books_never_admit_more_than_the_limit(self) -> defer.Deferred[None]:
         """

@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from majordomo.providers.openai_usage import inject_include_usage
 from majordomo.usage import (
     COMPLETE,
     ERROR_NOT_BILLED,
@@ -24,7 +25,7 @@ from majordomo.usage import (
     Usage,
 )
 from majordomo.usage.choose import make_usage_parser
-from majordomo.usage.openai import UsageChunkFilter, inject_include_usage, usage_from_body
+from majordomo.usage.openai import UsageChunkFilter, usage_from_body
 from majordomo.usage.parsing import JSONBodyParser
 from tests.vectors import TOKEN_FIELDS, load_vector, vector_files, vector_parser
 

@@ -57,6 +57,9 @@ ASK_TIMEOUT = 2.0
 # ... and for this long afterwards no question is asked: requests that need one
 # are answered by policies.when_unavailable at once instead of each waiting.
 UNAVAILABLE_BACKOFF = 1.0
+# A window PostgreSQL granted nothing for is not asked again for as much within
+# this long: at a reached limit, refused requests cost no round trip each.
+REFUSAL_MEMORY = 1.0
 
 
 class Unavailable(Exception):
@@ -84,6 +87,17 @@ class Holding:
     alive_until: float = 0.0  # the share may be used until then (clock seconds)
     last_used: float = 0.0
     asking: defer.Deferred[bool] | None = None
+    # The last question PostgreSQL granted nothing for: its need, and when.
+    refused_need: Decimal | None = None
+    refused_at: float = 0.0
+
+    def known_refused(self, need: Decimal, now: float) -> bool:
+        """True if PostgreSQL refused as much as C{need} under a second ago."""
+        return (
+            self.refused_need is not None
+            and need >= self.refused_need
+            and now - self.refused_at < REFUSAL_MEMORY
+        )
 
     @property
     def available(self) -> Decimal:
@@ -122,15 +136,16 @@ class LeaseBook:
         C{chunk}) when it does not.  False when the limit cannot cover it;
         L{Unavailable} when PostgreSQL cannot be asked.
         """
-        for _ in range(3):
+        for _ in range(3):  # this take's own questions; waiting on others' is not counted
+            while held.asking is not None:
+                await _settled(held.asking)
             now = self._clock.seconds()
             held.last_used = now
             if now < held.alive_until and held.available >= need:
                 held.reserved += amount
                 return True
-            if held.asking is not None:
-                await _settled(held.asking)
-                continue
+            if held.known_refused(need - held.available, now):
+                return False  # asked a moment ago: the limit is reached
             if now < self._unavailable_until:
                 raise Unavailable("PostgreSQL did not answer a lease question just now")
             held.asking = defer.Deferred.fromCoroutine(self._ask(held, need, chunk))
@@ -178,6 +193,10 @@ class LeaseBook:
             raise Unavailable(printable(e)) from e
         granted = Decimal(rows[0][1])
         held.share += granted
+        if granted > 0:
+            held.refused_need = None
+        else:
+            held.refused_need, held.refused_at = short, self._clock.seconds()
         held.alive_until = self._clock.seconds() + self.ttl * 0.75
         return granted > 0
 

@@ -5,9 +5,9 @@ Completions, legacy Completions and Embeddings (C{prompt_tokens} /
 C{completion_tokens}), and the Responses API (C{input_tokens} /
 C{output_tokens}), streamed or not.
 
-Chat streams carry usage only when the request asks for it, so this module
-also adds that request (L{inject_include_usage}) and hides the extra chunk
-from a client that did not ask (L{UsageChunkFilter}).
+Chat streams carry usage only when the request asks for it; when the gateway
+asked on a client's behalf (L{majordomo.providers.openai_usage}), this module
+hides the extra usage chunk from that client (L{UsageChunkFilter}).
 
 A background Response (C{"background": true}) is answered before the model
 has run: C{"status": "queued"} or C{"in_progress"} and C{"usage": null}.  The
@@ -23,7 +23,6 @@ import re
 from dataclasses import replace
 from typing import Any
 
-from majordomo.providers import request_fields
 from majordomo.usage import (
     COMPLETE,
     MISSING_NOT_REQUESTED,
@@ -185,37 +184,6 @@ class OpenAIStreamParser(StreamedJSONParser):
         if not self._usage_requested:
             return self.unknown(MISSING_NOT_REQUESTED)
         return self.unknown(MISSING_STREAM_TRUNCATED)
-
-
-def inject_include_usage(
-    body: bytes, fields: request_fields.JSONObject | None = None
-) -> tuple[bytes, bool]:
-    """
-    Ask a streamed Chat Completions or legacy Completions request for usage:
-    return the body with C{stream_options.include_usage} set, and True.  A
-    request that does not stream, already asks, or is not a JSON object is
-    returned unchanged with False.
-
-    The body is not re-serialised: the member is spliced into its bytes
-    (added first, or set inside an existing C{stream_options}), so every
-    other byte reaches the provider as the client sent it.  C{fields} is
-    what L{request_fields.read} found in C{body}; read here when None.
-    """
-    if fields is None:
-        fields = request_fields.read_now(body)
-    if fields is None or fields.value("stream") is not True:
-        return body, False
-    if "stream_options" not in fields.members:
-        return fields.set_member(body, "stream_options", b'{"include_usage":true}'), True
-    located = fields if fields.located else request_fields.read_now(body)
-    options = located.members.get("stream_options") if located is not None else None
-    if located is None or options is None:
-        return body, False
-    if options.value is None:  # "stream_options": null
-        return located.set_member(body, "stream_options", b'{"include_usage":true}'), True
-    if options.members is None or options.members.value("include_usage") is True:
-        return body, False  # not an object (the provider says so), or asking already
-    return options.members.set_member(body, "include_usage", b"true"), True
 
 
 def is_usage_chunk(data: str) -> bool:

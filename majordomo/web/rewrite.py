@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from majordomo.providers.openai_usage import may_ask_for_usage
-from majordomo.usage.openai import inject_include_usage
+from majordomo.providers.openai_usage import inject_include_usage, may_ask_for_usage
 from majordomo.web.admission import Admitted, Arrival
 
 
