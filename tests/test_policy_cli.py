@@ -244,6 +244,9 @@ class PolicyCommandTests(TestCase):
             self.assertEqual(
                 policy_row(key_id), (None, None, None, None, ["gpt-3*"], False, 10, None)
             )
+            out, err, code = await majordomo("keys", "policy", "set", key_id, "--allow-unpriced")
+            self.assertEqual((err, code), ("", 0))
+            self.assertIn("Note: unpriced models are refused only on a key with a budget.\n", out)
 
         return support.as_deferred(go())
 

@@ -245,6 +245,8 @@ async def _policy_set(db: Database, options: Any, out: TextIO) -> int:
     policy = await PolicyStore(db).change(key.id, options["changes"])
     out.write(f"Policy of {_key_title(key)} set:\n\n")
     describe_policy(policy, out)
+    if "allow_unpriced" in options["changes"] and not policy.has_budget:
+        out.write("\nNote: unpriced models are refused only on a key with a budget.\n")
     out.write("\n" + APPLIED)
     return 0
 
