@@ -90,6 +90,12 @@ RETURNS smallint[] LANGUAGE sql IMMUTABLE AS $$
     END
 $$;
 
+-- Added with budgets: what the request counted against its key's budget.
+-- Its total_cost when its usage is complete; when the provider may have
+-- billed it but its cost is unknown (a stream cut before its usage), the
+-- upper bound that was reserved for it.  NULL for keys without a budget.
+ALTER TABLE llm_requests ADD COLUMN IF NOT EXISTS budget_cost numeric;
+
 -- Policies (`majordomo keys policy`): at most one per key.  A budget needs both
 -- budget_usd and budget_period; per_metadata makes the budget and the rate
 -- limits apply to each value of that metadata name (canonical spelling).
@@ -110,7 +116,8 @@ CREATE TABLE IF NOT EXISTS key_policies (
 -- One row per key, bucket (the per_metadata value; '' for none) and window.
 -- kind is a budget period (day, week, month, total: calendar windows in UTC)
 -- or a rate limit (rpm, tpm: calendar minutes).  For a budget, spent is
--- SUM(total_cost) of the window's rows, kept by the log writer's batch
+-- SUM(coalesce(budget_cost, total_cost)) of the window's rows (their
+-- SUM(total_cost) when every cost is known), kept by the log writer's batch
 -- statement.  leases holds each running gateway's share, leased atomically:
 -- {"<holder>": {"a": amount, "x": expiry as epoch seconds}}.  The batch
 -- statement moves a row's cost from its gateway's lease to spent, so

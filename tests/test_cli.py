@@ -190,6 +190,15 @@ class DbInitTests(TestCase):
                 )
                 tables = [r[0] for r in cursor.fetchall()]
             connection.close()
-            self.assertEqual(tables, ["api_keys", "llm_requests", "llm_requests_metadata_keys"])
+            self.assertEqual(
+                tables,
+                [
+                    "api_keys",
+                    "key_policies",
+                    "llm_requests",
+                    "llm_requests_metadata_keys",
+                    "policy_windows",
+                ],
+            )
 
         return support.as_deferred(go())

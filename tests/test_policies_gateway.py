@@ -10,10 +10,13 @@ import json
 from decimal import Decimal
 from typing import Any
 
+from twisted.internet import protocol, reactor
+
 from majordomo.policy.estimate import estimate_cost
 from majordomo.policy.store import PolicyStore
 from tests import support
 from tests.gateway_case import GatewayTestCase
+from tests.test_streaming import ManualStream, RawClient, _chunk, _http_request
 
 MODEL = "gpt-4o-mini-2024-07-18"
 
@@ -173,3 +176,34 @@ class PolicyGatewayTests(GatewayTestCase):
         await support.sleep(0.3)
         response, _ = await self.call()
         self.assertEqual(response.code, 200)
+
+    async def test_hanging_up_mid_stream_is_no_way_around_a_budget(self) -> None:
+        """
+        A client that hangs up before a stream's usage arrives: the provider
+        billed what it generated, which nobody knows, so the request counts
+        its reservation (the row's budget_cost), not nothing.
+        """
+        await self.set_policy(budget_usd=Decimal("1"), budget_period="day")
+        upstream = ManualStream()
+        self.use_upstream(upstream)
+        body = {**chat(max_tokens=1000, model="gpt-4o"), "stream": True}
+        client = RawClient(
+            _http_request("/v1/chat/completions", json.dumps(body).encode(), self.key)
+        )
+        client.keep = True
+        await protocol.ClientCreator(reactor, lambda: client).connectTCP(
+            "127.0.0.1", self.gateway.port.getHost().port
+        )
+        await upstream.arrived
+        upstream.request.write(_chunk(0))
+        await support.wait_for(lambda: b"tok0" in client.data, timeout=5)
+        client.transport.loseConnection()
+        await upstream.lost
+        (row,) = await self.rows()
+        self.assertIsNone(row["total_cost"])
+        self.assertEqual(Decimal(str(row["budget_cost"])), self.estimate(body))
+        counter = support.run_sql(
+            "SELECT spent FROM policy_windows WHERE majordomo_api_key_id = %s AND kind = 'day'",
+            (self.key_id,),
+        )
+        self.assertEqual(counter[0][0], Decimal(str(row["budget_cost"])))

@@ -227,7 +227,7 @@ class PolicyCommandTests(TestCase):
         return support.as_deferred(go())
 
     def test_clear_budget_keeps_other_rules(self) -> defer.Deferred[None]:
-        """`clear --budget --models` keeps the deny list and rates; --per goes with the budget."""
+        """`clear --budget --models` keeps the deny list and the rate, still per User-Id."""
 
         async def go() -> None:
             key_id = await create_key("Team B")
@@ -242,7 +242,7 @@ class PolicyCommandTests(TestCase):
             self.assertEqual((err, code), ("", 0))
             self.assertTrue(out.startswith(f"Cleared budget, models of API key {key_id}"), out)
             self.assertEqual(
-                policy_row(key_id), (None, None, None, None, ["gpt-3*"], False, 10, None)
+                policy_row(key_id), (None, None, "User-Id", None, ["gpt-3*"], False, 10, None)
             )
             out, err, code = await majordomo("keys", "policy", "set", key_id, "--allow-unpriced")
             self.assertEqual((err, code), ("", 0))

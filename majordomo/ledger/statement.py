@@ -10,8 +10,9 @@ replayed batch changes nothing and the counters always agree with the rows.
 HLL: a value's 64-bit hash picks one of 1024 registers (low 10 bits) and sets
 it to at least the position of the first 1 in the next 53 bits.
 
-Budgets: each inserted row with a cost, of a key whose policy has a budget,
-adds its cost to its window's C{spent} (its bucket is the policy's
+Budgets: each inserted row of a key whose policy has a budget adds what it
+counted against the budget (C{budget_cost}, else its C{total_cost}) to its
+window's C{spent} (its bucket is the policy's
 C{per_metadata} value) and takes it off the lease of the gateway that
 admitted it, named by the records' C{lease_holder}.  A batch is one spool
 segment, written by one gateway run, so it has at most one holder.
@@ -24,7 +25,8 @@ WITH batch AS MATERIALIZED (
     INSERT INTO llm_requests
     SELECT * FROM jsonb_populate_recordset(NULL::llm_requests, (SELECT records FROM batch))
     ON CONFLICT (id) DO NOTHING
-    RETURNING majordomo_api_key_id, created_at, raw_metadata, total_cost
+    RETURNING majordomo_api_key_id, created_at, raw_metadata,
+        coalesce(budget_cost, total_cost) AS budget_cost
 ), meta AS (
     SELECT i.majordomo_api_key_id AS key_id, m.key AS name, i.created_at,
            hashtextextended(m.value, 0) AS h
@@ -55,9 +57,9 @@ WITH batch AS MATERIALIZED (
            coalesce(i.raw_metadata->>p.per_metadata, '') AS bucket,
            p.budget_period AS kind,
            majordomo_window_start(p.budget_period, i.created_at) AS window_start,
-           sum(i.total_cost) AS cost
+           sum(i.budget_cost) AS cost
     FROM inserted i JOIN key_policies p USING (majordomo_api_key_id)
-    WHERE p.budget_period IS NOT NULL AND i.total_cost IS NOT NULL
+    WHERE p.budget_period IS NOT NULL AND i.budget_cost IS NOT NULL
     GROUP BY 1, 2, 3, 4
 ), spending AS (
     INSERT INTO policy_windows AS w (majordomo_api_key_id, bucket, kind, window_start, spent)

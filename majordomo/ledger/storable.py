@@ -154,7 +154,9 @@ def reduced_row(record: Any, reason: str) -> dict[str, Any] | None:
     PostgreSQL refused it whole: its id, arrival and response times, key,
     provider, method and status, nothing the caller or the provider chose
     (an empty path, no model, no metadata, unknown usage), and C{reason} as
-    its error message.  None if even the id or the arrival time is not one.
+    its error message.  What it counted against its key's budget is kept
+    too, so the budget's spent still agrees with the rows.  None if even the
+    id or the arrival time is not one.
     """
     if not isinstance(record, dict):
         return None
@@ -179,6 +181,8 @@ def reduced_row(record: Any, reason: str) -> dict[str, Any] | None:
         "usage_status": UNKNOWN,
         "raw_metadata": {},
         "indexed_metadata": {},
+        "budget_cost": _amount(record.get("budget_cost")),
+        "lease_holder": _uuid(record.get("lease_holder")),
     }
 
 
@@ -203,6 +207,17 @@ def _uuid(item: Any) -> str | None:
         return str(uuid.UUID(item))
     except ValueError:
         return None
+
+
+def _amount(item: Any) -> str | None:
+    """A non-negative finite decimal amount, as text; None if it is not one."""
+    if not isinstance(item, str):
+        return None
+    try:
+        amount = Decimal(item)
+    except ArithmeticError:
+        return None
+    return item if amount.is_finite() and amount >= 0 else None
 
 
 def _timestamp(item: Any) -> str | None:

@@ -22,6 +22,7 @@ from majordomo.policy.estimate import estimate_cost
 from majordomo.policy.leases import Holding, LeaseBook, Unavailable, WindowId
 from majordomo.policy.rules import Policy, Window, window_at
 from majordomo.pricing import PriceSource
+from majordomo.usage import COMPLETE, ERROR_NOT_BILLED, NOT_APPLICABLE
 
 WHEN_UNAVAILABLE = ("allow", "deny")
 # Leases are asked for in chunks of this fraction of the limit, or what the request needs.
@@ -53,6 +54,7 @@ class Allowance:
         self._budget: _Taken | None = None
         self._tokens: Holding | None = None
         self._ended = False
+        self._charged: Decimal | None = None
 
     def hold_budget(self, held: Holding, reserved: Decimal) -> None:
         """The request holds C{reserved} of C{held}'s budget share until it ends."""
@@ -64,16 +66,25 @@ class Allowance:
 
     @property
     def row_fields(self) -> dict[str, Any]:
-        """What the request's row carries so its batch charges this gateway's lease."""
-        return {"lease_holder": self._leases.holder} if self._budget is not None else {}
+        """
+        What the request's row carries: what it counted against the budget
+        (C{budget_cost}) and the gateway whose lease the batch charges.
+        """
+        if self._budget is None or self._charged is None:
+            return {}
+        return {"lease_holder": self._leases.holder, "budget_cost": self._charged}
 
-    def end(self, cost: Decimal | None, tokens: int | None) -> None:
-        """The request ended: the exact cost and tokens replace what it reserved (once)."""
+    def end(self, cost: Decimal | None, usage_status: str, tokens: int | None) -> None:
+        """
+        The request ended (its first end counts): what it is charged
+        (L{budget_charge}) and the tokens it used replace what it reserved.
+        """
         if self._ended:
             return
         self._ended = True
         if self._budget is not None:
-            self._leases.release(self._budget.held, self._budget.reserved, cost or Decimal(0))
+            self._charged = budget_charge(self._budget.reserved, cost, usage_status)
+            self._leases.release(self._budget.held, self._budget.reserved, self._charged)
         if self._tokens is not None:
             self._leases.release(self._tokens, Decimal(0), Decimal(tokens or 0))
 
@@ -114,7 +125,7 @@ class PolicyGate:
             if policy.tpm:
                 allowance.hold_tokens(await self._token_allowance(key_id, policy.tpm, bucket, now))
         except BaseException:
-            allowance.end(Decimal(0), 0)
+            allowance.end(Decimal(0), ERROR_NOT_BILLED, 0)
             raise
         return allowance
 
@@ -198,6 +209,22 @@ class PolicyGate:
                 ) from None
             held.reserved += amount  # policies.when_unavailable: allow
             return True
+
+
+def budget_charge(reserved: Decimal, cost: Decimal | None, usage_status: str) -> Decimal:
+    """
+    What a finished request counts against its budget: its exact cost when
+    its usage is complete; nothing when the provider does not bill it; and
+    otherwise (a stream cut before its usage, a usage that could not be read,
+    a timeout after sending) what was reserved for it, an upper bound of what
+    the provider may have billed, so that hanging up early, say, is no way
+    around a budget.  The row keeps it as C{budget_cost}.
+    """
+    if usage_status == COMPLETE and cost is not None:
+        return cost
+    if usage_status in (ERROR_NOT_BILLED, NOT_APPLICABLE):
+        return cost or Decimal(0)
+    return max(cost or Decimal(0), reserved)
 
 
 def _rate_chunk(limit: int) -> Decimal:

@@ -53,8 +53,10 @@ class Policy:
 
     @property
     def is_empty(self) -> bool:
-        """True if the policy limits nothing (no row is kept for it)."""
-        return not (self.has_budget or self.has_model_rules or self.rpm or self.tpm)
+        """True if the policy says nothing (no row is kept for it)."""
+        return not (
+            self.has_budget or self.has_model_rules or self.rpm or self.tpm or self.allow_unpriced
+        )
 
     def model_refusal(self, model: str | None) -> str | None:
         """

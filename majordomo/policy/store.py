@@ -125,8 +125,8 @@ class PolicyStore:
         key_id, current = await self._current(key_id)
         which = which or set(CLEARABLE)
         changes: dict[str, Any] = {}
-        if "budget" in which:
-            changes.update(budget_usd=None, budget_period=None, per_metadata=None)
+        if "budget" in which:  # with the budget goes what it lets through unpriced
+            changes.update(budget_usd=None, budget_period=None, allow_unpriced=False)
         if "models" in which:
             changes["allow_models"] = ()
         if "deny_models" in which:
@@ -216,7 +216,7 @@ def _recount(cursor: Any, key_id: str, policy: Policy) -> Any:
     yield cursor.execute(
         "INSERT INTO policy_windows AS w (majordomo_api_key_id, bucket, kind, window_start, spent) "
         "SELECT %s, coalesce(raw_metadata->>%s, ''), %s, majordomo_window_start(%s, now()), "
-        "       coalesce(sum(total_cost), 0) "
+        "       coalesce(sum(coalesce(budget_cost, total_cost)), 0) "
         "FROM llm_requests WHERE majordomo_api_key_id = %s "
         "AND created_at >= majordomo_window_start(%s, now()) "
         "AND majordomo_window_start(%s, created_at) = majordomo_window_start(%s, now()) "

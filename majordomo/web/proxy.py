@@ -21,7 +21,6 @@ paths only redacted.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 from twisted.internet import defer
@@ -38,9 +37,10 @@ from majordomo.db.keys import hash_key
 from majordomo.inflight import DeferWaiter
 from majordomo.ledger.record import RequestRecord
 from majordomo.logtext import failure_text, printable
+from majordomo.policy.gate import Allowance
 from majordomo.providers import secrets
 from majordomo.providers.openai_usage import USAGE_ON_REQUEST_PROVIDERS
-from majordomo.usage import Usage
+from majordomo.usage import ERROR_NOT_BILLED, UNKNOWN, Usage
 from majordomo.usage.choose import make_usage_parser
 from majordomo.usage.openai import UsageChunkFilter
 from majordomo.web import admission, upstream_failure
@@ -135,7 +135,7 @@ class ProxyResource(Resource):
             # Whatever happened, the request stops holding its share of its key's
             # limits (at no cost if the exact cost did not replace it first).
             if admitted.allowance is not None:
-                admitted.allowance.end(Decimal(0), 0)
+                admitted.allowance.end(None, UNKNOWN, 0)
 
     async def _forward(
         self, request: Request, arrival: Arrival, record: RequestRecord, admitted: Admitted
@@ -158,7 +158,7 @@ class ProxyResource(Resource):
         try:
             response = await upstream
         except Exception:
-            self._upstream_failed(request, record, client, Failure())
+            self._upstream_failed(request, record, client, Failure(), admitted.allowance)
             return
         record.ttfb(gateway.clock.seconds())
         relayed = await self._relay(request, arrival, admitted, rewrite, client, response)
@@ -225,9 +225,8 @@ class ProxyResource(Resource):
         if not cost.priced and usage.model and usage.input_tokens:
             self._unpriced.note(arrival.provider, usage.model)
         if admitted.allowance is not None:
-            admitted.allowance.end(
-                cost.total_cost, (usage.input_tokens or 0) + (usage.output_tokens or 0)
-            )
+            tokens = (usage.input_tokens or 0) + (usage.output_tokens or 0)
+            admitted.allowance.end(cost.total_cost, usage.usage_status, tokens)
             record.extra.update(admitted.allowance.row_fields)
         self._store_bodies(request, arrival, record, admitted, relayed)
         # Journaled before the client sees the end of the response: a client
@@ -359,10 +358,18 @@ class ProxyResource(Resource):
         request.finish()
 
     def _upstream_failed(
-        self, request: Request, record: RequestRecord, client: ClientWatch, failure: Failure
+        self,
+        request: Request,
+        record: RequestRecord,
+        client: ClientWatch,
+        failure: Failure,
+        allowance: Allowance | None,
     ) -> None:
         """Answer a request the upstream did not answer, and write its row."""
         status, message, maybe_billed = upstream_failure.answer(failure, client_gone=client.gone)
+        if allowance is not None:
+            allowance.end(None, UNKNOWN if maybe_billed else ERROR_NOT_BILLED, 0)
+            record.extra.update(allowance.row_fields)
         log.warn(
             "Upstream {provider} failed for request {id}: {reason}",
             provider=record.provider,
