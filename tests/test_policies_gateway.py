@@ -10,13 +10,11 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from twisted.internet import protocol, reactor
-
 from majordomo.policy.estimate import estimate_cost
 from majordomo.policy.store import PolicyStore
 from tests import support
 from tests.gateway_case import GatewayTestCase
-from tests.test_streaming import ManualStream, RawClient, _chunk, _http_request
+from tests.test_streaming import ManualStream, hang_up_mid_stream
 
 MODEL = "gpt-4o-mini-2024-07-18"
 
@@ -187,17 +185,7 @@ class PolicyGatewayTests(GatewayTestCase):
         upstream = ManualStream()
         self.use_upstream(upstream)
         body = {**chat(max_tokens=1000, model="gpt-4o"), "stream": True}
-        client = RawClient(
-            _http_request("/v1/chat/completions", json.dumps(body).encode(), self.key)
-        )
-        client.keep = True
-        await protocol.ClientCreator(reactor, lambda: client).connectTCP(
-            "127.0.0.1", self.gateway.port.getHost().port
-        )
-        await upstream.arrived
-        upstream.request.write(_chunk(0))
-        await support.wait_for(lambda: b"tok0" in client.data, timeout=5)
-        client.transport.loseConnection()
+        await hang_up_mid_stream(self, upstream, body)
         await upstream.lost
         (row,) = await self.rows()
         self.assertIsNone(row["total_cost"])

@@ -22,34 +22,28 @@ so each exact cost is within the estimate admission reserved.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import re
-import signal
 import time
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import partial
 from typing import Any, TypeVar
 
 import treq
 from treq.client import HTTPClient
-from twisted.internet import defer, error, reactor, utils
+from twisted.internet import defer, reactor, utils
 from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from majordomo.db.keycache import LISTENER_APPLICATION_NAME
 from majordomo.policy.estimate import estimate_cost
 from majordomo.pricing import PriceBook
 from tests import support
-from tests.test_revocation import _Gateway, _started
-from tests.test_tap import free_port
+from tests.gateway_processes import GatewayProcess, spawn_gateway, wait_ready
 
 log = Logger()
 T = TypeVar("T")
@@ -174,7 +168,7 @@ class TwoGatewaysTestCase(TestCase):
             MAJORDOMO_PROVIDERS_OPENAI_BASE_URL=f"http://127.0.0.1:{upstream_port.getHost().port}",
             MAJORDOMO_STORAGE_FLUSH_INTERVAL="0.05",
         )
-        self.gateways = [self._spawn() for _ in range(2)]
+        self.gateways = [spawn_gateway(self, self.env) for _ in range(2)]
         self.sent = 0  # requests made through the gateways
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = 128
@@ -183,40 +177,8 @@ class TwoGatewaysTestCase(TestCase):
         self.http = HTTPClient(Agent(reactor, pool=pool))
         return support.as_deferred(self._ready())
 
-    def _spawn(self) -> _Gateway:
-        spool = self.mktemp()
-        os.makedirs(spool)
-        gateway = _Gateway(free_port())
-        env = {
-            **self.env,
-            "MAJORDOMO_SERVER_PORT": str(gateway.port),
-            "MAJORDOMO_STORAGE_SPOOL_DIR": spool,
-        }
-        args = [support.TWISTD_BIN, "--nodaemon", "--pidfile=", "majordomo"]
-        process = reactor.spawnProcess(gateway, args[0], args, env=env, path=None)
-
-        def stop() -> defer.Deferred[None]:
-            with contextlib.suppress(error.ProcessExitedAlready):
-                process.signalProcess(signal.SIGTERM)
-            return gateway.ended
-
-        self.addCleanup(stop)
-        return gateway
-
     async def _ready(self) -> None:
-        for gateway in self.gateways:
-            await support.wait_for(partial(_started, gateway), timeout=30)
-
-        def both_listening() -> bool:
-            rows = support.run_sql(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
-                "AND datname = current_database() AND state = 'idle' "
-                "AND (query ILIKE 'LISTEN%%' OR query = 'SELECT 1')",
-                (LISTENER_APPLICATION_NAME,),
-            )
-            return bool(rows[0][0] == 2)
-
-        await support.wait_for(both_listening, timeout=10)
+        await wait_ready(self.gateways)
         created = await self.majordomo("keys", "create", "--name", "policies")
         key_id = re.search(r"ID:\s+(\S+)", created)
         key = re.search(r"Key:\s+(\S+)", created)
@@ -231,7 +193,7 @@ class TwoGatewaysTestCase(TestCase):
         self.assertEqual(code, 0, (out + err).decode())
         return str(out.decode())
 
-    async def call(self, gateway: _Gateway, body: bytes, **metadata: str) -> _Answer:
+    async def call(self, gateway: GatewayProcess, body: bytes, **metadata: str) -> _Answer:
         """POST C{body} to C{gateway} with the key (and X-Majordomo-* C{metadata})."""
         headers: dict[str | bytes, list[str | bytes]] = {
             "Content-Type": ["application/json"],
@@ -464,7 +426,7 @@ class RateLimitAcrossGatewaysTests(TwoGatewaysTestCase):
         at the minute's end.
         """
 
-        async def drive(gateway: _Gateway, until: float, answers: list[_Answer]) -> None:
+        async def drive(gateway: GatewayProcess, until: float, answers: list[_Answer]) -> None:
             while time.time() < until:
                 answers.append(await self.call(gateway, BODIES[len(answers) % len(BODIES)]))
 

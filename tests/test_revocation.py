@@ -6,47 +6,20 @@ processes share one database, both serve a key from their caches, and
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import signal
-from functools import partial
-from typing import Any
 
 import treq
-from twisted.internet import defer, error, protocol, reactor, task, utils
+from twisted.internet import defer, reactor, task, utils
 from twisted.trial.unittest import TestCase
 from twisted.web.http_headers import Headers
 
-from majordomo.db.keycache import LISTENER_APPLICATION_NAME
 from tests import support
-from tests.test_tap import free_port
+from tests.gateway_processes import GatewayProcess, spawn_gateway, wait_ready
 
 BODY = json.dumps(
     {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
 ).encode()
-
-
-class _Gateway(protocol.ProcessProtocol):
-    """One gateway process: its port and everything it printed."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.output = b""
-        self.ended: defer.Deferred[None] = defer.Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Any) -> None:
-        self.ended.callback(None)
-
-
-def _started(gateway: _Gateway) -> bool:
-    return b"Pricing data loaded" in gateway.output
 
 
 class RevocationAcrossGatewaysTests(TestCase):
@@ -64,45 +37,8 @@ class RevocationAcrossGatewaysTests(TestCase):
         self.env = support.test_env(
             MAJORDOMO_PROVIDERS_OPENAI_BASE_URL=f"http://127.0.0.1:{upstream_port.getHost().port}"
         )
-        self.gateways = [self._spawn() for _ in range(2)]
-        return support.as_deferred(self._wait_ready())
-
-    def _spawn(self) -> _Gateway:
-        spool = self.mktemp()
-        os.makedirs(spool)
-        gateway = _Gateway(free_port())
-        env = {
-            **self.env,
-            "MAJORDOMO_SERVER_PORT": str(gateway.port),
-            "MAJORDOMO_STORAGE_SPOOL_DIR": spool,
-        }
-        args = [support.TWISTD_BIN, "--nodaemon", "--pidfile=", "majordomo"]
-        process = reactor.spawnProcess(gateway, args[0], args, env=env, path=None)
-
-        def stop() -> defer.Deferred[None]:
-            with contextlib.suppress(error.ProcessExitedAlready):
-                process.signalProcess(signal.SIGTERM)
-            return gateway.ended
-
-        self.addCleanup(stop)
-        return gateway
-
-    async def _wait_ready(self) -> None:
-        for gateway in self.gateways:
-            await support.wait_for(partial(_started, gateway), timeout=30)
-
-        def both_listening() -> bool:
-            # The last statement of each listener is LISTEN, or the SELECT 1
-            # probe, which only runs once LISTEN is in place.
-            rows = support.run_sql(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
-                "AND datname = current_database() AND state = 'idle' "
-                "AND (query ILIKE 'LISTEN%%' OR query = 'SELECT 1')",
-                (LISTENER_APPLICATION_NAME,),
-            )
-            return bool(rows[0][0] == 2)
-
-        await support.wait_for(both_listening, timeout=10)
+        self.gateways = [spawn_gateway(self, self.env) for _ in range(2)]
+        return support.as_deferred(wait_ready(self.gateways))
 
     async def _majordomo(self, *args: str) -> str:
         out, err, code = await utils.getProcessOutputAndValue(
@@ -111,7 +47,7 @@ class RevocationAcrossGatewaysTests(TestCase):
         self.assertEqual(code, 0, (out + err).decode())
         return str(out.decode())
 
-    async def _status(self, gateway: _Gateway, key: str) -> int:
+    async def _status(self, gateway: GatewayProcess, key: str) -> int:
         response = await treq.post(
             f"http://127.0.0.1:{gateway.port}/v1/chat/completions",
             BODY,

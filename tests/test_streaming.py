@@ -109,6 +109,24 @@ def _http_request(path: str, body: bytes, key: str) -> bytes:
     ).encode() + body
 
 
+async def hang_up_mid_stream(case: Any, upstream: ManualStream, body: dict[str, Any]) -> float:
+    """
+    POST C{body} through C{case}'s gateway, let C{upstream} send its first
+    chunk, and hang up as soon as the client has it; returns when it hung up.
+    """
+    client = RawClient(_http_request("/v1/chat/completions", json.dumps(body).encode(), case.key))
+    client.keep = True
+    await protocol.ClientCreator(reactor, lambda: client).connectTCP(
+        "127.0.0.1", case.gateway.port.getHost().port
+    )
+    await upstream.arrived
+    upstream.request.write(_chunk(0))
+    await support.wait_for(lambda: b"tok0" in client.data, timeout=5)
+    hung_up: float = reactor.seconds()
+    client.transport.loseConnection()
+    return hung_up
+
+
 def _stream_request(key: str) -> bytes:
     return _http_request("/v1/chat/completions", json.dumps(STREAM_REQUEST).encode(), key)
 
@@ -183,18 +201,7 @@ class StreamingTests(GatewayTestCase):
         self.use_upstream(upstream)
 
         async def go() -> None:
-            client = RawClient(
-                _http_request("/v1/chat/completions", json.dumps(STREAM_REQUEST).encode(), self.key)
-            )
-            client.keep = True
-            await protocol.ClientCreator(reactor, lambda: client).connectTCP(
-                "127.0.0.1", self.gateway.port.getHost().port
-            )
-            await upstream.arrived
-            upstream.request.write(_chunk(0))
-            await support.wait_for(lambda: b"tok0" in client.data, timeout=5)
-            hung_up = reactor.seconds()
-            client.transport.loseConnection()
+            hung_up = await hang_up_mid_stream(self, upstream, STREAM_REQUEST)
             await upstream.lost
             self.assertLess(reactor.seconds() - hung_up, 0.5)
             (row,) = await self.rows()
