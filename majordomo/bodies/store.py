@@ -20,7 +20,8 @@ from twisted.application import service
 from twisted.internet import defer
 
 from majordomo.bodies.document import Exchange
-from majordomo.bodies.s3 import S3BodyStore, UploadTuning
+from majordomo.bodies.s3 import S3BodyStore
+from majordomo.bodies.tuning import UploadTuning
 
 if TYPE_CHECKING:
     from majordomo.config import Config
@@ -114,7 +115,7 @@ def make_body_store(
     The body store C{logging.body_storage} asks for.  S3 bodies that cannot
     be uploaded wait under C{spool_dir/bodies/}, in at most
     C{storage.spool_max_bytes} of their own.  C{tuning} overrides
-    L{majordomo.bodies.s3.UploadTuning} fields (timings in tests).
+    L{majordomo.bodies.tuning.UploadTuning} fields (timings in tests).
     """
     storage = config.logging.body_storage
     if storage == "postgres":
