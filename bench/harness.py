@@ -175,7 +175,11 @@ def fresh_database(env: dict[str, str]) -> str:
     with contextlib.suppress(psycopg2.Error):  # in use by someone else: emptied below
         sql(f"DROP DATABASE IF EXISTS {DATABASE}", database="postgres")
     subprocess.run([f"{BIN}/majordomo", "db", "init"], env=env, check=True, capture_output=True)
-    sql("TRUNCATE llm_requests, llm_requests_metadata_keys, api_keys")
+    # key_policies references api_keys; CASCADE also empties any later table that does.
+    sql(
+        "TRUNCATE llm_requests, llm_requests_metadata_keys, policy_windows, key_policies, "
+        "api_keys CASCADE"
+    )
     return create_key(env)
 
 
