@@ -14,6 +14,7 @@ import statistics
 from typing import Any
 
 import paired
+import policy_overhead
 
 NAMES = {
     "direct": "upstream directly",
@@ -81,12 +82,28 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
         ratio = results["paired"]["ratio_c16"]
         extra_p50 = results["paired"]["added_p50_c1_ms"]
         median_of = f"median of {len(results['paired']['rounds'])} alternating rounds"
+    policy = results.get("policy")
     w = results["workers"]
     scales = results["workers_scale"]["16"]
     scale = statistics.median(scales)
     big = results["streams_1000"]
     fast, fast_gw = results["streams_500"]["direct"], results["streams_500"]["gateway"]
     soak = results["soak"]
+    policy_targets = []
+    if policy is not None:  # issue #14, judged on the median of the alternating rounds
+        of = f"median of {len(policy['rounds'])} alternating rounds"
+        policy_targets = [
+            (
+                "policy key added p50 at c=1 (target <= 0.1 ms)",
+                f"{policy['added_p50_c1_ms']:+.3f} ms over the plain key ({of})",
+                policy["added_p50_c1_ms"] <= 0.1,
+            ),
+            (
+                "policy key c=16 throughput vs plain key (target >= 95%)",
+                f"{policy['ratio_c16']:.1%} ({of})",
+                policy["ratio_c16"] >= 0.95,
+            ),
+        ]
     return [
         (
             "gateway throughput at concurrency 16 >= 90% of the bare pass-through",
@@ -131,6 +148,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
             f"of {soak['baseline_kb'] / 1024:.1f} MB",
             abs(soak["max_deviation"]) <= 0.05,
         ),
+        *policy_targets,
     ]
 
 
@@ -166,6 +184,14 @@ def render(results: dict[str, Any]) -> str:
             "",
         ]
         out += paired.table(results["paired"]) + [""]
+    if "policy" in results:
+        out += [
+            "#### Policy overhead (issue #14): a key with a budget, model rules and rate "
+            f"limits against a key with none, taking turns on one gateway (wrk, "
+            f"{results['seconds']:g} s each)",
+            "",
+        ]
+        out += policy_overhead.table(results["policy"]) + [""]
     out += [
         f"#### {big['streams']} concurrent streams through one gateway process "
         f"({big['chunks']} chunks, {big['interval_ms']:g} ms apart, started over "
@@ -228,7 +254,8 @@ def render(results: dict[str, Any]) -> str:
         f"{soak['end_change']:+.1%}.",
         "",
     ]
-    out += ["#### Targets from issue #7", "", "| target | measured | met? |", "|---|---|---|"]
+    issues = "issues #7 and #14" if "policy" in results else "issue #7"
+    out += [f"#### Targets from {issues}", "", "| target | measured | met? |", "|---|---|---|"]
     out += [
         f"| {name} | {value} | {'yes' if ok else '**no**'} |"
         for name, value, ok in targets(results)

@@ -10,6 +10,9 @@
    minus the upstream's at the same concurrency.  Peak RSS and CPU time of
    the process under test are read from /proc.  Then the two ratio targets
    again, the pass-through and the gateway taking turns (bench/paired.py).
+   Then the policy overhead (issue #14) on the same gateway: a second key
+   with a budget, model rules and rate limits against the plain key, taking
+   turns (bench/policy_overhead.py); none of its requests may be refused.
 2. Streams (bench/streams.py in its own process): 1,000 concurrent streams
    through one gateway process (a chunk every 50 ms): completion, stalls,
    rows, memory per open stream; then 500 streams of 100 chunks 20 ms apart
@@ -19,10 +22,11 @@
 
 Results are printed and written to docs/BENCHMARKS.md (a dated section).
 Files: harness.py (processes, wrk), procfs.py (/proc), moto_s3.py (step 1's
-S3 target), paired.py (the alternating rounds), unpinned.py (steps 2-4), report.py (the markdown).
+S3 target), paired.py and policy_overhead.py (the alternating rounds),
+unpinned.py (steps 2-4), report.py (the markdown).
 
-    make bench                      # about 8 minutes, 60 s soak
-    make bench SOAK=600             # a 10-minute soak (about 17 minutes)
+    make bench                      # about 10 minutes, 60 s soak
+    make bench SOAK=600             # a 10-minute soak (about 19 minutes)
     make bench BENCH_ARGS=--quick   # tiny sizes, about 2 minutes
     .venv/bin/python bench/run.py [--seconds 10] [--soak 60] [--streams 1000]
                                   [--no-pin] [--quick] [--no-write]
@@ -50,6 +54,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 import moto_s3  # noqa: E402
 import paired  # noqa: E402
+import policy_overhead  # noqa: E402
 import procfs  # noqa: E402
 import report  # noqa: E402
 import unpinned  # noqa: E402
@@ -111,7 +116,15 @@ class Bench:
                 time.sleep(0.1)
         return proc
 
-    def wrk(self, port: int, connections: int, seconds: float, proc: Proc | None) -> dict:
+    def wrk(
+        self,
+        port: int,
+        connections: int,
+        seconds: float,
+        proc: Proc | None,
+        key: str | None = None,
+    ) -> dict:
+        """One measured wrk run (after wait_quiet) with C{key}, else the bench key."""
         url = f"http://127.0.0.1:{port}"
         self.waited += procfs.wait_quiet()
         sampler = Sampler(proc) if proc else None
@@ -119,7 +132,7 @@ class Bench:
         core = procfs.cpu_busy(1)
         if sampler:
             sampler.start()
-        r = harness.wrk(url, connections, seconds, self.key, self.load_cpus)
+        r = harness.wrk(url, connections, seconds, key or self.key, self.load_cpus)
         used = procfs.cpu_seconds(proc.pids()) - cpu if proc else 0.0
         # CPU 1 time not spent by the process under test (PostgreSQL, other users).
         r["other_on_cpu1"] = (procfs.cpu_busy(1) - core - used) / (r["duration_us"] / 1e6)
@@ -217,6 +230,7 @@ class Bench:
         gw = self.gateway("gateway", self.target_cpus)
         answered = self.throughput("gateway", gw.port, gw)
         answered += paired.measure(self, passthrough, gw)
+        answered += policy_overhead.measure(self, gw)
         passthrough.stop()
         gw.stop()
         rows = harness.wait_rows(before + answered) - before
