@@ -132,6 +132,10 @@ CREATE TABLE IF NOT EXISTS policy_windows (
     PRIMARY KEY (majordomo_api_key_id, bucket, kind, window_start)
 );
 
+-- Finished rate-limit windows are deleted by the gateways (policy/leases.py).
+CREATE INDEX IF NOT EXISTS policy_windows_rate_idx ON policy_windows (window_start)
+    WHERE kind IN ('rpm', 'tpm');
+
 -- The calendar window (UTC) of kind `kind` that `at` falls in.
 CREATE OR REPLACE FUNCTION majordomo_window_start(kind text, at timestamptz)
 RETURNS timestamptz LANGUAGE sql IMMUTABLE AS $$

@@ -345,3 +345,34 @@ class LeaseBookTests(TestCase):
             self.assertLess(time.monotonic() - started, leases.ASK_TIMEOUT)
 
         return support.as_deferred(go())
+
+    def test_finished_rate_windows_are_deleted(self) -> defer.Deferred[None]:
+        """
+        A tick deletes rate-limit windows older than RATE_WINDOWS_KEPT (they
+        would grow by one row a minute per bucket), and no budget window.
+        """
+
+        async def go() -> None:
+            key_id = self.window.key_id
+            for kind, minutes in (("rpm", 10), ("tpm", 10), ("rpm", 1), ("day", 10)):
+                support.run_sql(
+                    "INSERT INTO policy_windows (majordomo_api_key_id, bucket, kind, window_start) "
+                    "VALUES (%s, 'old', %s, date_trunc('minute', now()) - %s * interval '1 min')",
+                    (key_id, kind, minutes),
+                )
+            clock = task.Clock()
+            book = self.book("gw-a", clock=clock, ttl=40.0)
+            held = book.holding(self.window, Decimal(5))
+            self.assertTrue(await book.take(held, Decimal(1), Decimal(1), Decimal(1)))
+            book.start()
+            clock.advance(10)
+
+            def left() -> list[tuple[Any, ...]]:
+                return support.run_sql(
+                    "SELECT kind, bucket FROM policy_windows ORDER BY kind, bucket"
+                )
+
+            await support.wait_for(lambda: len(left()) == 3)
+            self.assertEqual(left(), [("day", ""), ("day", "old"), ("rpm", "old")])
+
+        return support.as_deferred(go())

@@ -51,6 +51,13 @@ WHERE w.majordomo_api_key_id = h.k AND w.bucket = h.b AND w.kind = h.kind
   AND w.window_start = h.ws AND w.leases ? %s
 RETURNING w.majordomo_api_key_id::text, w.bucket, w.kind, w.window_start
 """
+# Rate-limit windows are deleted this long after they began (any gateway
+# with holdings does it, at most this often).
+RATE_WINDOWS_KEPT = 300
+DROP_OLD_RATE_WINDOWS = (
+    "DELETE FROM policy_windows WHERE kind IN ('rpm', 'tpm') "
+    "AND window_start < now() - %s::interval"
+)
 # A lease question that takes longer than this is taken as PostgreSQL being away
 # (the lease function itself gives up waiting for a row lock after 1.5 s) ...
 ASK_TIMEOUT = 2.0
@@ -117,6 +124,7 @@ class LeaseBook:
         self._holdings: dict[WindowId, Holding] = {}
         self._loop: task.LoopingCall | None = None
         self._unavailable_until = 0.0
+        self._next_cleanup = 0.0
 
     def __len__(self) -> int:
         return len(self._holdings)
@@ -225,6 +233,10 @@ class LeaseBook:
         ]
         await self._give_back(idle)
         await self._renew()
+        if self._holdings and now >= self._next_cleanup:
+            # Rate-limit windows are of no use once their minute is over.
+            self._next_cleanup = now + RATE_WINDOWS_KEPT
+            await self._db.run_operation(DROP_OLD_RATE_WINDOWS, (f"{RATE_WINDOWS_KEPT} seconds",))
 
     async def _renew(self) -> None:
         held = [h for h in self._holdings.values() if h.alive_until > self._clock.seconds()]
