@@ -112,8 +112,7 @@ def estimate_cost(
     """
     if model is None or price is None:
         return None
-    input_price = _highest(price, INPUT_PRICE_FIELDS)
-    output_price = _highest(price, OUTPUT_PRICE_FIELDS)
+    input_price, output_price = _dearest(price)
     if input_price is None or output_price is None:
         return None
     input_tokens = max(body_size, 0) + PROVIDER_ADDED_TOKENS
@@ -121,6 +120,26 @@ def estimate_cost(
     output_tokens = _output_cap(caps, price.max_output_tokens) * _answers(counts)
     cost = input_tokens * input_price + output_tokens * output_price
     return Estimate(input_tokens, output_tokens, cost)
+
+
+# The dearest input and output prices of the prices seen lately, by identity:
+# a price book is immutable (a refresh swaps in a new one), so a price object
+# never changes, and its bounds are worked out once, not on every request.
+_DEAREST: dict[int, tuple[ModelPrice, Decimal | None, Decimal | None]] = {}
+_DEAREST_KEPT = 4096
+
+
+def _dearest(price: ModelPrice) -> tuple[Decimal | None, Decimal | None]:
+    """The highest input and output prices at any tier of C{price}."""
+    known = _DEAREST.get(id(price))
+    if known is not None and known[0] is price:
+        return known[1], known[2]
+    if len(_DEAREST) >= _DEAREST_KEPT:
+        _DEAREST.clear()
+    input_price = _highest(price, INPUT_PRICE_FIELDS)
+    output_price = _highest(price, OUTPUT_PRICE_FIELDS)
+    _DEAREST[id(price)] = (price, input_price, output_price)  # the price is kept: ids stay unique
+    return input_price, output_price
 
 
 def _highest(price: ModelPrice, names: tuple[str, ...]) -> Decimal | None:

@@ -27,6 +27,10 @@ from majordomo.usage import COMPLETE, ERROR_NOT_BILLED, NOT_APPLICABLE
 WHEN_UNAVAILABLE = ("allow", "deny")
 # Leases are asked for in chunks of this fraction of the limit, or what the request needs.
 CHUNK = Decimal("0.02")
+ONE, ZERO = Decimal(1), Decimal(0)
+# Policies and, per policy, requested models whose admission facts are kept worked out.
+PLANNED_POLICIES = 10_000
+PLANNED_MODELS = 1_000
 
 
 class PolicyRefusal(Exception):
@@ -89,6 +93,45 @@ class Allowance:
             self._leases.release(self._tokens, Decimal(0), Decimal(tokens or 0))
 
 
+class _Plan:
+    """
+    What admission needs of one policy, worked out once: policies are cached
+    with their keys, so the same object comes back request after request.
+    """
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.budget_chunk = (policy.budget_usd or Decimal(0)) * CHUNK
+        self.rpm = Decimal(policy.rpm or 0)
+        self.rpm_chunk = _rate_chunk(policy.rpm or 0)
+        self.tpm = Decimal(policy.tpm or 0)
+        self.tpm_chunk = _rate_chunk(policy.tpm or 0)
+        self._models: dict[str | None, str | None] = {}
+
+    def model_refusal(self, model: str | None) -> str | None:
+        if model not in self._models:
+            if len(self._models) >= PLANNED_MODELS:
+                self._models.clear()
+            self._models[model] = self.policy.model_refusal(model)
+        return self._models[model]
+
+
+class _Windows:
+    """The current window of each kind, recomputed only when one ends."""
+
+    def __init__(self) -> None:
+        self._current: dict[str, tuple[float, float, Window]] = {}
+
+    def at(self, kind: str, moment: float) -> Window:
+        known = self._current.get(kind)
+        if known is not None and known[0] <= moment < known[1]:
+            return known[2]
+        window = window_at(kind, datetime.fromtimestamp(moment, UTC))
+        end = window.end.timestamp() if window.end is not None else math.inf
+        self._current[kind] = (window.start.timestamp(), end, window)
+        return window
+
+
 class PolicyGate:
     """Admits requests against their keys' policies, from this process's leases."""
 
@@ -96,6 +139,16 @@ class PolicyGate:
         self._leases = leases
         self._prices = prices
         self._deny_when_unavailable = when_unavailable == "deny"
+        self._plans: dict[int, _Plan] = {}
+        self._windows = _Windows()
+
+    def _plan(self, policy: Policy) -> _Plan:
+        plan = self._plans.get(id(policy))
+        if plan is None or plan.policy is not policy:
+            if len(self._plans) >= PLANNED_POLICIES:
+                self._plans.clear()
+            plan = self._plans[id(policy)] = _Plan(policy)
+        return plan
 
     async def admit(
         self,
@@ -109,21 +162,21 @@ class PolicyGate:
         arrived: float,
     ) -> Allowance:
         """The request's allowance, or L{PolicyRefusal} naming the rule it breaks."""
-        refused = policy.model_refusal(model)
+        plan = self._plan(policy)
+        refused = plan.model_refusal(model)
         if refused is not None:
             raise PolicyRefusal(403, "model_not_allowed", f"Model not allowed: {refused}")
-        now = datetime.fromtimestamp(arrived, UTC)
         bucket = policy.bucket(raw_metadata)
         allowance = Allowance(self._leases)
         try:
             if policy.has_budget:
                 await self._reserve_budget(
-                    allowance, key_id, policy, bucket, now, provider, model, body_size, fields
+                    allowance, key_id, plan, bucket, arrived, provider, model, body_size, fields
                 )
             if policy.rpm:
-                await self._take_request(key_id, policy.rpm, bucket, now)
+                await self._take_request(key_id, plan, bucket, arrived)
             if policy.tpm:
-                allowance.hold_tokens(await self._token_allowance(key_id, policy.tpm, bucket, now))
+                allowance.hold_tokens(await self._token_allowance(key_id, plan, bucket, arrived))
         except BaseException:
             allowance.end(Decimal(0), ERROR_NOT_BILLED, 0)
             raise
@@ -133,14 +186,15 @@ class PolicyGate:
         self,
         allowance: Allowance,
         key_id: str,
-        policy: Policy,
+        plan: _Plan,
         bucket: str,
-        now: datetime,
+        now: float,
         provider: str,
         model: str | None,
         body_size: int,
         fields: dict[str, Any] | None,
     ) -> None:
+        policy = plan.policy
         assert policy.budget_usd is not None and policy.budget_period is not None
         match = self._prices.book.lookup(provider, model) if model else None
         estimate = estimate_cost(
@@ -155,11 +209,11 @@ class PolicyGate:
                 f"Model not priced: {model or 'no model'!r} has no known price, and this "
                 "key's budget cannot count an unknown cost",
             )
-        window = window_at(policy.budget_period, now)
+        window = self._windows.at(policy.budget_period, now)
         held = self._leases.holding(
             WindowId(key_id, bucket, window.kind, window.start), policy.budget_usd
         )
-        chunk = max(estimate.cost, policy.budget_usd * CHUNK)
+        chunk = max(estimate.cost, plan.budget_chunk)
         if not await self._take(held, estimate.cost, estimate.cost, chunk):
             raise PolicyRefusal(
                 429,
@@ -170,27 +224,26 @@ class PolicyGate:
             )
         allowance.hold_budget(held, estimate.cost)
 
-    async def _take_request(self, key_id: str, rpm: int, bucket: str, now: datetime) -> None:
-        window = window_at("rpm", now)
-        held = self._leases.holding(WindowId(key_id, bucket, "rpm", window.start), Decimal(rpm))
-        one = Decimal(1)
-        if not await self._take(held, one, one, _rate_chunk(rpm)):
+    async def _take_request(self, key_id: str, plan: _Plan, bucket: str, now: float) -> None:
+        window = self._windows.at("rpm", now)
+        held = self._leases.holding(WindowId(key_id, bucket, "rpm", window.start), plan.rpm)
+        if not await self._take(held, ONE, ONE, plan.rpm_chunk):
             raise PolicyRefusal(
                 429,
                 "rate_limit_exceeded",
-                f"Rate limit exceeded: {rpm} requests per minute{_bucket_note(bucket)}",
+                f"Rate limit exceeded: {plan.policy.rpm} requests per minute{_bucket_note(bucket)}",
                 _retry_after(window, now),
             )
-        self._leases.release(held, one, one)  # a request is used as soon as it is let in
+        self._leases.release(held, ONE, ONE)  # a request is used as soon as it is let in
 
-    async def _token_allowance(self, key_id: str, tpm: int, bucket: str, now: datetime) -> Holding:
-        window = window_at("tpm", now)
-        held = self._leases.holding(WindowId(key_id, bucket, "tpm", window.start), Decimal(tpm))
-        if not await self._take(held, Decimal(0), Decimal(1), _rate_chunk(tpm)):
+    async def _token_allowance(self, key_id: str, plan: _Plan, bucket: str, now: float) -> Holding:
+        window = self._windows.at("tpm", now)
+        held = self._leases.holding(WindowId(key_id, bucket, "tpm", window.start), plan.tpm)
+        if not await self._take(held, ZERO, ONE, plan.tpm_chunk):
             raise PolicyRefusal(
                 429,
                 "rate_limit_exceeded",
-                f"Rate limit exceeded: {tpm} tokens per minute{_bucket_note(bucket)}",
+                f"Rate limit exceeded: {plan.policy.tpm} tokens per minute{_bucket_note(bucket)}",
                 _retry_after(window, now),
             )
         return held
@@ -231,10 +284,10 @@ def _rate_chunk(limit: int) -> Decimal:
     return Decimal(max(1, math.ceil(limit * CHUNK)))
 
 
-def _retry_after(window: Window, now: datetime) -> int | None:
+def _retry_after(window: Window, now: float) -> int | None:
     if window.end is None:
         return None
-    return max(1, math.ceil(window.seconds_left(now)))
+    return max(1, math.ceil(window.end.timestamp() - now))
 
 
 def _bucket_note(bucket: str) -> str:
