@@ -174,9 +174,9 @@ class PolicyGate:
                     allowance, key_id, plan, bucket, arrived, provider, model, body_size, fields
                 )
             if policy.rpm:
-                await self._take_request(key_id, plan, bucket, arrived)
+                await self._take_rate(key_id, "rpm", plan, bucket, arrived)
             if policy.tpm:
-                allowance.hold_tokens(await self._token_allowance(key_id, plan, bucket, arrived))
+                allowance.hold_tokens(await self._take_rate(key_id, "tpm", plan, bucket, arrived))
         except BaseException:
             allowance.end(Decimal(0), ERROR_NOT_BILLED, 0)
             raise
@@ -224,28 +224,27 @@ class PolicyGate:
             )
         allowance.hold_budget(held, estimate.cost)
 
-    async def _take_request(self, key_id: str, plan: _Plan, bucket: str, now: float) -> None:
-        window = self._windows.at("rpm", now)
-        held = self._leases.holding(WindowId(key_id, bucket, "rpm", window.start), plan.rpm)
-        if not await self._take(held, ONE, ONE, plan.rpm_chunk):
+    async def _take_rate(
+        self, key_id: str, kind: str, plan: _Plan, bucket: str, now: float
+    ) -> Holding:
+        """
+        rpm: one request, taken now; tpm: room for at least one token (what
+        the request uses is taken when it ends).  Refused: rate_limit_exceeded.
+        """
+        limit, chunk = (plan.rpm, plan.rpm_chunk) if kind == "rpm" else (plan.tpm, plan.tpm_chunk)
+        amount = ONE if kind == "rpm" else ZERO
+        window = self._windows.at(kind, now)
+        held = self._leases.holding(WindowId(key_id, bucket, kind, window.start), limit)
+        if not await self._take(held, amount, ONE, chunk):
+            what = "requests" if kind == "rpm" else "tokens"
             raise PolicyRefusal(
                 429,
                 "rate_limit_exceeded",
-                f"Rate limit exceeded: {plan.policy.rpm} requests per minute{_bucket_note(bucket)}",
+                f"Rate limit exceeded: {limit} {what} per minute{_bucket_note(bucket)}",
                 _retry_after(window, now),
             )
-        self._leases.release(held, ONE, ONE)  # a request is used as soon as it is let in
-
-    async def _token_allowance(self, key_id: str, plan: _Plan, bucket: str, now: float) -> Holding:
-        window = self._windows.at("tpm", now)
-        held = self._leases.holding(WindowId(key_id, bucket, "tpm", window.start), plan.tpm)
-        if not await self._take(held, ZERO, ONE, plan.tpm_chunk):
-            raise PolicyRefusal(
-                429,
-                "rate_limit_exceeded",
-                f"Rate limit exceeded: {plan.policy.tpm} tokens per minute{_bucket_note(bucket)}",
-                _retry_after(window, now),
-            )
+        if kind == "rpm":
+            self._leases.release(held, ONE, ONE)  # a request is used as soon as it is let in
         return held
 
     async def _take(self, held: Holding, amount: Decimal, need: Decimal, chunk: Decimal) -> bool:
