@@ -44,7 +44,7 @@ lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff format --check majordomo tests twisted
 	$(VENV)/bin/mypy
 
-# End-to-end benchmarks into docs/BENCHMARKS.md (about 8 minutes with the
+# End-to-end benchmarks into docs/BENCHMARKS.md (about 10 minutes with the
 # default 60 s soak; SOAK=600 for a longer one; BENCH_ARGS="--quick" to try
 # it).  Needs wrk (installed with apt-get when missing) and the local
 # PostgreSQL (database majordomo_bench).  Uses the venv as it is (builds it
