@@ -54,6 +54,7 @@ class PolicyGatewayTests(GatewayTestCase):
         response, body = await self.call(chat(model="gpt-4o-mini"))
         self.assertEqual(response.code, 403)
         self.assertEqual(body["error"]["code"], "model_not_allowed")
+        (refusal_id,) = response.headers.getRawHeaders("x-majordomo-request-id")
         response, body = await self.call(chat(model="o3"))
         self.assertEqual(response.code, 403)
         self.assertIn("not among", body["error"]["message"])
@@ -63,6 +64,7 @@ class PolicyGatewayTests(GatewayTestCase):
         rows = await self.rows(3)
         refused = [r for r in rows if r["status_code"] == 403]
         self.assertEqual(len(refused), 2)
+        self.assertIn(refusal_id, [r["id"] for r in refused])  # the refusal names its row
         for row in refused:
             self.assertTrue(row["error_message"].startswith("model_not_allowed: "))
             self.assertEqual(Decimal(str(row["total_cost"])), 0)

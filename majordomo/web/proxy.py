@@ -336,6 +336,7 @@ class ProxyResource(Resource):
         was valid (C{record} is then set), and the error in its provider's format.
         """
         if record is not None:
+            request.setHeader(b"x-majordomo-request-id", str(record.id).encode("ascii"))
             now = self._gateway.clock.seconds()
             message = f"{refusal.code}: {refusal.message}" if refusal.code else refusal.message
             self._gateway.writer.add(
