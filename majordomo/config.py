@@ -167,6 +167,16 @@ class PoliciesConfig:
 
 
 @dataclass(frozen=True)
+class SecretsConfig:
+    # Seals provider keys at rest (majordomo.vault.configured_box); "" = proxy keys off.
+    encryption_key: str = field(default="", repr=False, metadata={"check": checks.encryption_key})
+    # During a rotation: comma-separated keys that may still have sealed stored rows.
+    previous_encryption_keys: str = field(
+        default="", repr=False, metadata={"check": checks.encryption_keys}
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = _section(ServerConfig)
     storage: StorageConfig = _section(StorageConfig)
@@ -176,6 +186,7 @@ class Config:
     logging: LoggingConfig = _section(LoggingConfig)
     s3: S3Config = _section(S3Config)
     policies: PoliciesConfig = _section(PoliciesConfig)
+    secrets: SecretsConfig = _section(SecretsConfig)
 
     def __post_init__(self) -> None:
         if bool(self.s3.access_key_id) != bool(self.s3.secret_access_key):
@@ -283,8 +294,9 @@ def _build(base: Any, values: Any, prefix: str, env: Mapping[str, str]) -> Any:
             continue
         check = spec.metadata.get("check")
         problem = check(value) if check else None
-        if problem:
-            raise ConfigError(f"{key}: {problem} (got {_shown(value)})")
+        if problem:  # a secret (repr=False) is never shown
+            shown = f" (got {_shown(value)})" if spec.repr else ""
+            raise ConfigError(f"{key}: {problem}{shown}")
         kwargs[name] = value
     return dataclasses.replace(base, **kwargs)
 

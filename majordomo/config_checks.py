@@ -100,3 +100,25 @@ def when_unavailable(value: str) -> str | None:
 def body_storage(value: str) -> str | None:
     """Where request and response bodies are kept: nowhere, in S3 or in PostgreSQL."""
     return None if value in ("none", "s3", "postgres") else "must be none, s3 or postgres"
+
+
+_HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def key_list(text: str) -> list[str]:
+    """The comma-separated keys of C{text}, spaces around each ignored."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def encryption_key(value: str) -> str | None:
+    """The key that seals provider keys at rest: 64 hex characters, or "" (proxy keys off)."""
+    if value == "" or _HEX_KEY.fullmatch(value):
+        return None
+    return "must be 64 hexadecimal characters (32 bytes), or empty"
+
+
+def encryption_keys(value: str) -> str | None:
+    """Keys a rotation moves away from: comma-separated, each 64 hex characters."""
+    if all(_HEX_KEY.fullmatch(key) for key in key_list(value)):
+        return None
+    return "must be 64 hexadecimal characters (32 bytes) each, separated by commas"
