@@ -209,3 +209,36 @@ BEGIN
     RETURN QUERY SELECT mine + give, give, w.spent;
 END
 $$;
+
+-- Proxy keys (issue 15): an mdm_pk_ key given to a customer or an app, under a
+-- Majordomo key; the gateway swaps in the provider key mapped to it.  Only the
+-- SHA-256 hex of the proxy key is stored.
+CREATE TABLE IF NOT EXISTS proxy_keys (
+    id uuid PRIMARY KEY,
+    majordomo_api_key_id uuid NOT NULL REFERENCES api_keys (id) ON DELETE CASCADE,
+    name text NOT NULL,
+    description text,
+    key_hash text NOT NULL UNIQUE,
+    is_active boolean NOT NULL DEFAULT true,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    revoked_at timestamptz,
+    last_used_at timestamptz,
+    request_count bigint NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS proxy_keys_api_key_idx ON proxy_keys (majordomo_api_key_id);
+
+-- A proxy key's provider keys, sealed with AES-256-GCM (majordomo/vault.py): the
+-- associated data is the row's proxy key id and provider, so a secret cannot be
+-- moved to another row; key_fingerprint names the encryption key that sealed it.
+CREATE TABLE IF NOT EXISTS proxy_key_providers (
+    proxy_key_id uuid NOT NULL REFERENCES proxy_keys (id) ON DELETE CASCADE,
+    provider text NOT NULL CHECK (provider IN ('openai', 'anthropic', 'gemini', 'azure')),
+    secret bytea NOT NULL,
+    key_fingerprint text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (proxy_key_id, provider)
+);
+
+ALTER TABLE llm_requests ADD COLUMN IF NOT EXISTS proxy_key_id uuid;

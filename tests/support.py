@@ -67,7 +67,10 @@ def fresh_database() -> None:
 
         atexit.register(drop_database, TEST_DATABASE)
     # CASCADE: tables that reference api_keys (a key's policy) are emptied with it.
-    run_sql("TRUNCATE api_keys, llm_requests, llm_requests_metadata_keys, policy_windows CASCADE")
+    run_sql(
+        "TRUNCATE api_keys, llm_requests, llm_requests_metadata_keys, policy_windows, "
+        "proxy_keys, proxy_key_providers CASCADE"
+    )
 
 
 def run_sql(statement: str, params: Any = None) -> list[tuple[Any, ...]]:
