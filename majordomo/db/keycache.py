@@ -8,6 +8,9 @@ The cache is only as good as the LISTEN connection behind it: while that
 connection is not known to be listening (not yet connected, lost, coming
 back) NOTIFYs may be missed, so every lookup goes to the database.  When it is
 listening again the cache starts empty: rebuilt, not trusted.
+
+Other caches kept honest by the same channel (proxy keys) do not open a
+listener of their own: they observe this one (L{KeyCache.observe}).
 """
 
 from __future__ import annotations
@@ -93,6 +96,20 @@ class KeyCache(service.Service):
         self._has_listened = False
         self._stopped = False
         self._waiting: list[defer.Deferred[None]] = []
+        self._observers: list[Callable[[str | None], None]] = []
+
+    def observe(self, observer: Callable[[str | None], None]) -> None:
+        """
+        Tell C{observer} what this cache hears: the id a NOTIFY names, or
+        None whenever everything cached must be forgotten (a NOTIFY naming no
+        id, the listener lost, LISTEN in place again, the cache stopped).
+        An observer caches only while L{trusted}; it must not raise.
+        """
+        self._observers.append(observer)
+
+    def _tell(self, key_id: str | None) -> None:
+        for observer in self._observers:
+            observer(key_id)
 
     @property
     def trusted(self) -> bool:
@@ -129,6 +146,7 @@ class KeyCache(service.Service):
         self._generation += 1
         self._ids.clear()
         self._hashes.clear()
+        self._tell(None)
 
     def _notified(self, notify: Any) -> None:
         if notify.channel != KEYS_CHANNEL:
@@ -143,6 +161,7 @@ class KeyCache(service.Service):
         key_hash = self._hashes.pop(key_id, None)
         if key_hash is not None:
             self._ids.pop(key_hash, None)
+        self._tell(key_id)
 
     def startService(self) -> defer.Deferred[None]:
         """

@@ -40,6 +40,7 @@ class RequestRecord:
     raw_metadata: dict[str, str] = field(default_factory=dict)
     indexed_metadata: dict[str, str] = field(default_factory=dict)
     provider_alias: str | None = None
+    proxy_key_id: str | None = None  # the proxy key whose provider key was swapped in
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. body storage columns
 
     @classmethod
@@ -67,6 +68,7 @@ class RequestRecord:
             "raw_metadata": self.raw_metadata,
             "indexed_metadata": self.indexed_metadata,
             "provider_api_key_alias": self.provider_alias,
+            "proxy_key_id": self.proxy_key_id,
             **self.extra,
         }
 

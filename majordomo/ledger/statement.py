@@ -2,7 +2,7 @@
 """
 The one statement that writes a batch of request records.
 
-Everything derived (key counters, the metadata registry and its HyperLogLog
+Everything derived (key and proxy key counters, the metadata registry and its HyperLogLog
 sketches, the budget windows' spent) comes from the rows this statement
 actually inserted (C{ON CONFLICT (id) DO NOTHING ... RETURNING}), so a
 replayed batch changes nothing and the counters always agree with the rows.
@@ -25,7 +25,7 @@ WITH batch AS MATERIALIZED (
     INSERT INTO llm_requests
     SELECT * FROM jsonb_populate_recordset(NULL::llm_requests, (SELECT records FROM batch))
     ON CONFLICT (id) DO NOTHING
-    RETURNING majordomo_api_key_id, created_at, raw_metadata,
+    RETURNING majordomo_api_key_id, proxy_key_id, created_at, raw_metadata,
         coalesce(budget_cost, total_cost) AS budget_cost
 ), meta AS (
     SELECT i.majordomo_api_key_id AS key_id, m.key AS name, i.created_at,
@@ -71,6 +71,15 @@ WITH batch AS MATERIALIZED (
                       FROM jsonb_array_elements((SELECT records FROM batch)) AS r
                       WHERE r ? 'lease_holder' LIMIT 1), ''),
             excluded.spent))
+), per_proxy_key AS (
+    SELECT proxy_key_id AS id, count(*) AS n, max(created_at) AS last_used
+    FROM inserted WHERE proxy_key_id IS NOT NULL
+    GROUP BY proxy_key_id
+), proxy_key_counts AS (
+    UPDATE proxy_keys SET
+        request_count = proxy_keys.request_count + per_proxy_key.n,
+        last_used_at = GREATEST(proxy_keys.last_used_at, per_proxy_key.last_used)
+    FROM per_proxy_key WHERE proxy_keys.id = per_proxy_key.id
 ), per_key AS (
     SELECT majordomo_api_key_id AS id, count(*) AS n, max(created_at) AS last_used
     FROM inserted WHERE majordomo_api_key_id IS NOT NULL
