@@ -14,6 +14,11 @@ under load must not break: the soft RLIMIT_NOFILE raised to the hard limit
 (L{majordomo.fdlimit}), the imports requests would make on first use
 (L{majordomo.preload}), the configured providers' endpoints; and it listens
 on a port that backs off when it cannot accept (L{majordomo.web.listening}).
+
+With C{secrets.encryption_key} set, proxy keys are enabled: once PostgreSQL
+answers, every stored provider key must have been sealed with a configured
+encryption key, or the gateway cannot start (a wrong key would otherwise be
+found one request at a time).
 """
 
 from __future__ import annotations
@@ -49,11 +54,15 @@ from majordomo.lifecycle import (
     Part,
     ThreadPoolService,
 )
+from majordomo.logtext import printable
 from majordomo.policy.gate import PolicyGate
 from majordomo.policy.leases import LeaseBook
 from majordomo.preload import load_lazy_imports
 from majordomo.pricing import configured_book
 from majordomo.pricing.refresh import PricingService
+from majordomo.proxykeys.cache import ProxyKeyCache
+from majordomo.proxykeys.store import ProxyKeyStore
+from majordomo.vault import VaultError, configured_box, previous_boxes
 from majordomo.web.gateway import Gateway
 from majordomo.web.health import Health, Ready
 from majordomo.web.limits import limit_request_bodies
@@ -132,6 +141,12 @@ class GatewayService(InOrder):
         self.keys = KeyStore(self.db)
         self.key_cache = KeyCache(self.db, config.storage.postgres, reactor=reactor)
         self.key_cache.setName("key cache")
+        box = configured_box(config.secrets)
+        self.proxy_keys: ProxyKeyStore | None = None
+        self.proxy_key_cache: ProxyKeyCache | None = None
+        if box is not None:
+            self.proxy_keys = ProxyKeyStore(self.db, box, previous_boxes(config.secrets))
+            self.proxy_key_cache = ProxyKeyCache(self.proxy_keys, self.key_cache)
         self.pricing = PricingService(
             configured_book(config),
             remote_url=config.pricing.remote_url,
@@ -170,6 +185,7 @@ class GatewayService(InOrder):
                 metrics=self.metrics,
                 bodies=None if config.logging.body_storage == "none" else self.bodies,
                 policies=PolicyGate(self.leases, self.pricing, config.policies.when_unavailable),
+                find_proxy_key=None if self.proxy_key_cache is None else self.proxy_key_cache.find,
             )
         )
         self.site = _QuietSite(
@@ -211,6 +227,7 @@ class GatewayService(InOrder):
                 Part("pricing", self._start_pricing, self.pricing.stopService),
                 self.db.when_connected,
             ),
+            *self._proxy_key_parts(),
             Part("requests", stop=self._drain_requests),
             Part("listener", self._start_listening, self._stop_listening),
             AfterConnected(
@@ -220,6 +237,13 @@ class GatewayService(InOrder):
         ]
         for part in parts:
             part.setServiceParent(self)
+
+    def _proxy_key_parts(self) -> list[AfterConnected]:
+        """With proxy keys enabled: the check of their stored keys, once PostgreSQL answers."""
+        if self.proxy_keys is None:
+            return []
+        check = Part("proxy keys", self._check_proxy_keys)
+        return [AfterConnected(check, self.db.when_connected)]
 
     def _readiness(self) -> tuple[str | None, dict[str, Any]]:
         """
@@ -296,6 +320,25 @@ class GatewayService(InOrder):
     def _start_pricing(self) -> None:
         self.pricing.startService()
         log.info("Pricing data loaded ({count} models)", count=len(self.pricing.book))
+
+    def _check_proxy_keys(self) -> None:
+        if self.proxy_keys is not None:
+            defer.Deferred.fromCoroutine(self._proxy_keys_checked(self.proxy_keys))
+
+    async def _proxy_keys_checked(self, store: ProxyKeyStore) -> None:
+        """Every stored provider key can be opened, or the gateway stops (exit status 1)."""
+        try:
+            await store.check_keys()
+        except VaultError as e:
+            log.critical("Cannot start: {error} (secrets.encryption_key)", error=e)
+            self._failed_to_start()
+            return
+        except Exception as e:
+            # Not a key problem: lookups still open every secret, and fail if they cannot.
+            log.warn("Cannot check the stored provider keys now: {error}", error=printable(e))
+            return
+        if self.running:
+            log.info("Proxy keys enabled")
 
     def _stop_leases(self) -> defer.Deferred[None]:
         return bounded(self.leases.stop(), 5.0, self._reactor)

@@ -5,7 +5,9 @@ Admission: the checks a request passes before the gateway forwards it.
 In order: one C{X-Majordomo-Key}, that key valid now, the provider chosen
 (L{majordomo.providers.choose_provider}, the one rule) and configured, a
 method and target the gateway forwards, then the body's few fields read,
-the metadata headers within their limits, and last the key's policy
+the metadata headers within their limits, a proxy key (C{mdm_pk_...}) in
+the provider key's place swapped for the real provider key
+(L{majordomo.proxykeys}), and last the key's policy
 (L{majordomo.policy.gate}: model rules, budget, rate limits).  A check that
 fails raises L{Refusal}; the proxy answers every refusal in one place, in
 the chosen provider's error format, with a row when the key was valid.
@@ -30,8 +32,10 @@ from majordomo.logtext import printable
 from majordomo.policy.gate import Allowance, PolicyGate, PolicyRefusal
 from majordomo.providers import request_fields, secrets
 from majordomo.providers.query import split_target
+from majordomo.proxykeys.store import ActiveProxyKey
+from majordomo.proxykeys.swap import ProxyKeyRefused, Swap, carried_proxy_key
 from majordomo.web import target
-from majordomo.web.headers import RepeatedHeader, header_map, single_value
+from majordomo.web.headers import RepeatedHeader, forwardable, header_map, single_value
 
 log = Logger()
 
@@ -89,6 +93,7 @@ class Admitted:
     """A request that passed admission: where it goes and what its body says."""
 
     url: bytes
+    headers: Headers  # to send upstream
     body: bytes  # as the client sent it
     fields: request_fields.JSONObject | None
     facts: providers.RequestFacts
@@ -97,6 +102,8 @@ class Admitted:
 
 # A key hash -> the active key it belongs to, or None (the key cache's authenticate).
 Authenticate = Callable[[str], "defer.Deferred[ActiveKey | None]"]
+# A proxy key hash -> the active proxy key, or None (the proxy key cache's find).
+FindProxyKey = Callable[[str], "defer.Deferred[ActiveProxyKey | None]"]
 
 
 def presented_key(headers: Headers) -> str:
@@ -170,6 +177,43 @@ def attach_metadata(headers: Headers, record: RequestRecord, api_key: ActiveKey)
     record.provider_alias = found.provider_alias
 
 
+async def proxy_key_swap(
+    arrival: Arrival,
+    record: RequestRecord,
+    api_key: ActiveKey,
+    forwarded: Headers,
+    find_proxy_key: FindProxyKey | None,
+) -> Swap | None:
+    """
+    The swap of the proxy key the request carries for the chosen provider's
+    real key, or None without one.  Refused (401) when proxy keys are not
+    enabled (C{find_proxy_key} None), for an unknown, revoked or foreign proxy
+    key, and for a provider it has no key for.  The record learns the proxy
+    key and the hash of the real key, never either key.
+    """
+    try:
+        proxy_key = carried_proxy_key(forwarded, arrival.query)
+    except ProxyKeyRefused as e:
+        raise Refusal(401, str(e)) from None
+    if proxy_key is None:
+        return None
+    if find_proxy_key is None:
+        raise Refusal(401, "Proxy keys are not enabled on this gateway")
+    try:
+        found = await find_proxy_key(hash_key(proxy_key))
+    except Exception as e:
+        log.warn("Cannot check a proxy key now: {error}", error=printable(e))
+        raise Refusal(503, "The key store is unavailable; try again shortly") from None
+    if found is None or found.api_key_id != api_key.id:
+        raise Refusal(401, "Invalid or revoked proxy key")
+    record.proxy_key_id = found.id
+    real_key = found.secrets.get(arrival.provider)
+    if not real_key:
+        raise Refusal(401, f"Proxy key has no {arrival.provider} key")
+    record.provider_key_hash = secrets.hash_secret(real_key)
+    return Swap(proxy_key, real_key)
+
+
 async def admit(
     request: Request,
     arrival: Arrival,
@@ -178,11 +222,13 @@ async def admit(
     base_url: Callable[[str], str],
     clock: IReactorTime,
     policies: PolicyGate | None = None,
+    find_proxy_key: FindProxyKey | None = None,
 ) -> Admitted:
     """
     The checks after authentication, in order; each may raise L{Refusal}.
-    The record learns the requested model and the metadata on the way.
-    An admitted request with an allowance must have it ended when it ends.
+    The record learns the requested model, the metadata and the proxy key
+    on the way.  An admitted request with an allowance must have it ended
+    when it ends.
     """
     url = upstream_url(request.method, request.uri, destination(arrival, base_url))
     body = request.content.read() if request.content is not None else b""
@@ -192,6 +238,13 @@ async def admit(
     )
     record.model_requested = facts.model
     attach_metadata(request.requestHeaders, record, api_key)
+    headers = forwardable(request.requestHeaders)
+    swap = await proxy_key_swap(arrival, record, api_key, headers, find_proxy_key)
+    if swap is not None:
+        try:
+            headers, url = swap.apply(headers, url)
+        except ProxyKeyRefused as e:
+            raise Refusal(401, str(e)) from None
     allowance = None
     if api_key.policy is not None and policies is not None:
         try:
@@ -207,4 +260,4 @@ async def admit(
             )
         except PolicyRefusal as e:
             raise Refusal(e.status, e.message, e.code, e.retry_after) from None
-    return Admitted(url, body, fields, facts, allowance)
+    return Admitted(url, headers, body, fields, facts, allowance)

@@ -12,7 +12,7 @@ from majordomo.bodies.store import BodyStore
 from majordomo.ledger.writer import RecordSink
 from majordomo.policy.gate import PolicyGate
 from majordomo.pricing import PriceSource
-from majordomo.web.admission import Authenticate
+from majordomo.web.admission import Authenticate, FindProxyKey
 from majordomo.web.metrics import GatewayMetrics
 from majordomo.web.upstream import UpstreamClient
 
@@ -32,5 +32,7 @@ class Gateway:
     metrics: GatewayMetrics
     bodies: BodyStore | None = None  # when logging.body_storage is not none
     policies: PolicyGate | None = None  # checks the keys that have a policy
+    # proxy key hash -> Deferred[ActiveProxyKey | None]; None: proxy keys are refused
+    find_proxy_key: FindProxyKey | None = None
     # Largest response body kept for body storage (the client always gets all of it).
     body_capture_limit: int = 32 * 1024 * 1024

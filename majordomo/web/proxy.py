@@ -46,7 +46,7 @@ from majordomo.usage.openai import UsageChunkFilter
 from majordomo.web import admission, upstream_failure
 from majordomo.web.admission import Admitted, Arrival, Refusal
 from majordomo.web.gateway import Gateway
-from majordomo.web.headers import NOT_FORWARDED, forwardable, header_list
+from majordomo.web.headers import NOT_FORWARDED, header_list
 from majordomo.web.relay import BodyRelay, ClientWatch
 from majordomo.web.request_log import UnpricedModels, log_request
 from majordomo.web.rewrite import UsageRewrite, usage_rewrite
@@ -124,7 +124,14 @@ class ProxyResource(Resource):
             api_key = await admission.authenticated(headers, gateway.authenticate)
             record = admission.new_record(arrival, api_key.id, headers)
             admitted = await admission.admit(
-                request, arrival, record, api_key, gateway.base_url, gateway.clock, gateway.policies
+                request,
+                arrival,
+                record,
+                api_key,
+                gateway.base_url,
+                gateway.clock,
+                gateway.policies,
+                gateway.find_proxy_key,
             )
         except Refusal as refusal:
             self._send_refusal(request, arrival.provider, record, refusal)
@@ -150,7 +157,7 @@ class ProxyResource(Resource):
             gateway.upstream.request(
                 request.method,
                 admitted.url,
-                forwardable(request.requestHeaders),
+                admitted.headers,
                 rewrite.body or None,
                 gateway.response_timeout,
             )
