@@ -9,18 +9,22 @@ format with a row; a revocation or a mapping change applies within a second.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 from typing import Any
 
-from twisted.internet import defer, reactor
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import defer, error, protocol, reactor
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from majordomo.db import Database
 from majordomo.db.keys import KeyStore, hash_key
 from majordomo.proxykeys.cache import ProxyKeyCache
 from majordomo.proxykeys.store import ActiveProxyKey, ProxyKeyStore, generate_proxy_key
 from majordomo.vault import SecretBox
 from tests import support
 from tests.gateway_case import GatewayTestCase
+from tests.test_tap import free_port
 
 ENCRYPTION_KEY = "5f" * 32
 CHAT = "/v1/chat/completions"
@@ -389,3 +393,72 @@ class ProxyKeyCacheTests(SynchronousTestCase):
         self.assertEqual(self.store.lookups, lookups + 1)
         self.listener.notify("pk1")
         self.assertEqual(self.cache.size, 1)
+
+
+class _Exited(protocol.ProcessProtocol):
+    """A gateway process: everything it printed, and its exit status."""
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: defer.Deferred[int] = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(reason.value.exitCode)
+
+
+class StartupTests(TestCase):
+    """A real twistd gateway checks the stored provider keys against its encryption key."""
+
+    def spawn(self, encryption_key: str) -> _Exited:
+        gateway = _Exited()
+        env = support.test_env(
+            MAJORDOMO_SERVER_PORT=str(free_port()),
+            MAJORDOMO_SECRETS_ENCRYPTION_KEY=encryption_key,
+        )
+        args = [support.TWISTD_BIN, "--nodaemon", "--pidfile=", "majordomo"]
+        process = reactor.spawnProcess(gateway, args[0], args, env=env, path=None)
+
+        def stop() -> defer.Deferred[int]:
+            with contextlib.suppress(error.ProcessExitedAlready):
+                process.signalProcess(signal.SIGTERM)
+            return gateway.ended
+
+        self.addCleanup(stop)
+        return gateway
+
+    def test_wrong_key_is_one_error_and_exit_1(self) -> defer.Deferred[None]:
+        async def go() -> None:
+            support.fresh_database()
+            db = Database(support.pg_config())
+            await db.start()
+            self.addCleanup(db.close)
+            key, _ = await KeyStore(db).create("Development")
+            store = ProxyKeyStore(db, SecretBox.from_hex("a1" * 32))
+            created, _ = await store.create(key.id, "customer")
+            await store.set_provider(created.id, "openai", "sk-sealed-MARKER")
+
+            right = self.spawn("a1" * 32)
+            await support.wait_for(lambda: b"Proxy keys enabled" in right.output, timeout=30)
+            lines = right.output.decode().splitlines()
+            pricing = next(i for i, line in enumerate(lines) if "Pricing data loaded" in line)
+            enabled = next(i for i, line in enumerate(lines) if "Proxy keys enabled" in line)
+            self.assertLess(pricing, enabled)
+
+            wrong = self.spawn("b2" * 32)
+            status = await wrong.ended
+            output = wrong.output.decode()
+            self.assertEqual(status, 1, output)
+            cannot = [line for line in output.splitlines() if "Cannot start" in line]
+            self.assertEqual(len(cannot), 1, output)
+            self.assertIn("sealed with another encryption key", cannot[0])
+            self.assertIn("secrets.encryption_key", cannot[0])
+            self.assertNotIn("Proxy keys enabled", output)
+            for secret in ("sk-sealed-MARKER", "a1" * 32, "b2" * 32):
+                self.assertNotIn(secret, output + right.output.decode())
+
+        return support.as_deferred(go())
