@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_cli -*-
 """
-The C{majordomo} command: C{serve}, C{keys ...}, C{db init}, C{pricing show},
-C{pricing coverage}, C{reprice}, C{metadata ...}, C{usage}.
+The C{majordomo} command: C{serve}, C{keys ...}, C{proxy-keys ...},
+C{secrets rotate}, C{db init}, C{pricing show}, C{pricing coverage},
+C{reprice}, C{metadata ...}, C{usage}.
 
 Each command group lives in its own module, exporting its options and an
 C{async} command taking the reactor, the loaded configuration, its options
@@ -27,8 +28,10 @@ from majordomo.cli.keys import KeysOptions, keys_command
 from majordomo.cli.metadata import MetadataOptions, metadata_command
 from majordomo.cli.options import Command, CommandOptions
 from majordomo.cli.pricing import PricingOptions, pricing_command
+from majordomo.cli.proxy_keys import ProxyKeysOptions, proxy_keys_command
 from majordomo.cli.report import UsageOptions, usage_command
 from majordomo.cli.reprice import RepriceOptions, reprice_command
+from majordomo.cli.secrets import SecretsOptions, secrets_command
 from majordomo.cli.serve import ServeOptions, serve
 from majordomo.config import ConfigError, load_config
 from majordomo.db.keys import KeyNotFound
@@ -39,6 +42,8 @@ class Options(CommandOptions):
     subCommands = [
         ["serve", None, ServeOptions, "Run the gateway in the foreground."],
         ["keys", None, KeysOptions, "Manage Majordomo API keys."],
+        ["proxy-keys", None, ProxyKeysOptions, "Customer keys that stand for provider keys."],
+        ["secrets", None, SecretsOptions, "Rotate the key that encrypts stored provider keys."],
         ["db", None, DbOptions, "Manage the database."],
         ["pricing", None, PricingOptions, "Inspect price data."],
         ["reprice", None, RepriceOptions, "Recompute stored costs with current prices."],
@@ -66,6 +71,8 @@ class Options(CommandOptions):
 
 _COMMANDS: dict[str, Command] = {
     "keys": keys_command,
+    "proxy-keys": proxy_keys_command,
+    "secrets": secrets_command,
     "db": db_command,
     "pricing": pricing_command,
     "reprice": reprice_command,
