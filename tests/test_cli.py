@@ -198,6 +198,8 @@ class DbInitTests(TestCase):
                     "llm_requests",
                     "llm_requests_metadata_keys",
                     "policy_windows",
+                    "proxy_key_providers",
+                    "proxy_keys",
                 ],
             )
 

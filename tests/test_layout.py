@@ -139,3 +139,24 @@ class ModuleSizeTests(SynchronousTestCase):
             if lines > NOT_YET_SPLIT.get(name, MAX_LINES):
                 too_long[name] = lines
         self.assertEqual(too_long, {})
+
+
+class PackagingTests(SynchronousTestCase):
+    def test_every_package_is_installed(self) -> None:
+        """
+        setup.cfg lists its packages one by one (the twisted/plugins directory
+        must not be found as a package of its own): every package of the
+        gateway must be in that list, or a plain `pip install .` leaves it out.
+        """
+        import configparser
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        setup = configparser.ConfigParser()
+        setup.read(os.path.join(root, "setup.cfg"))
+        listed = set(setup["options"]["packages"].split())
+        found = {
+            os.path.relpath(directory, root).replace(os.sep, ".")
+            for directory, _, files in os.walk(os.path.join(root, "majordomo"))
+            if "__init__.py" in files
+        }
+        self.assertEqual(found - listed, set())
