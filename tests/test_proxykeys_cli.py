@@ -514,3 +514,75 @@ class RotateTests(TestCase):
             self.assertEqual(opened(BOX_1), {(pk, "openai"): OPENAI_MARKER})
 
         return support.as_deferred(go())
+
+
+class _Terminal(protocol.ProcessProtocol):
+    """A process on a pseudo-terminal: types C{keys} once C{prompt} shows, collects the screen."""
+
+    def __init__(self, prompt: bytes, keys: bytes) -> None:
+        self.prompt, self.keys = prompt, keys
+        self.screen = b""
+        self.typed = False
+        self.done: defer.Deferred[int] = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.screen += data
+        if not self.typed and self.prompt in self.screen:
+            self.typed = True
+            assert self.transport is not None
+            self.transport.write(self.keys)
+
+    def processEnded(self, reason: Failure) -> None:
+        self.done.callback(getattr(reason.value, "exitCode", -1))
+
+
+class PromptTests(TestCase):
+    """On a terminal the provider key is asked for at a prompt that does not echo it."""
+
+    def setUp(self) -> None:
+        support.fresh_database()
+
+    def test_set_provider_prompts_without_echo(self) -> defer.Deferred[None]:
+        """The key typed at the prompt is stored, and the terminal never shows it."""
+
+        async def go() -> None:
+            pk = (await create_proxy_key(await create_key("Platform")))["id"]
+            terminal = _Terminal(b"openai API key for proxy key", OPENAI_MARKER.encode() + b"\n")
+            reactor.spawnProcess(
+                terminal,
+                support.MAJORDOMO_BIN,
+                [support.MAJORDOMO_BIN, "proxy-keys", "set-provider", pk, "--provider", "openai"],
+                env=support.test_env(**with_key()),
+                usePTY=True,
+            )
+            code = await terminal.done
+            screen = terminal.screen.decode()
+            self.assertEqual(code, 0, screen)
+            self.assertTrue(terminal.typed, screen)
+            self.assertIn(f"openai API key for proxy key {pk} (Acme): ", screen)
+            self.assertIn(f"Stored the openai key of proxy key {pk} (Acme), encrypted.", screen)
+            self.assertNotIn("MARKER", screen)
+            self.assertEqual(opened(BOX_1), {(pk, "openai"): OPENAI_MARKER})
+
+        return support.as_deferred(go())
+
+    def test_ctrl_c_at_the_prompt_cancels(self) -> defer.Deferred[None]:
+        """Ctrl-C at the prompt ends the command at once, exit 1, and nothing is stored."""
+
+        async def go() -> None:
+            pk = (await create_proxy_key(await create_key("Platform")))["id"]
+            terminal = _Terminal(b"openai API key for proxy key", b"\x03")
+            reactor.spawnProcess(
+                terminal,
+                support.MAJORDOMO_BIN,
+                [support.MAJORDOMO_BIN, "proxy-keys", "set-provider", pk, "--provider", "openai"],
+                env=support.test_env(**with_key()),
+                usePTY=True,
+            )
+            code = await terminal.done
+            screen = terminal.screen.decode()
+            self.assertEqual(code, 1, screen)
+            self.assertIn("majordomo: cancelled", screen)
+            self.assertEqual(sealed_rows(), [])
+
+        return support.as_deferred(go())

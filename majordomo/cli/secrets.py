@@ -13,11 +13,15 @@ C{secrets.previous_encryption_keys}.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
+import os
 import sys
+import termios
+import threading
 from typing import Any, TextIO
 
-from twisted.internet import threads
+from twisted.internet import defer, threads
 from twisted.python import usage
 
 from majordomo.cli.options import CommandOptions
@@ -39,19 +43,73 @@ class SecretInputError(Exception):
     """The operator gave no usable secret (the message never holds what was given)."""
 
 
-def _read_blocking(prompt: str) -> str:
-    stdin = sys.stdin
-    if stdin is None:
-        return ""
-    if _is_terminal(stdin):
-        try:
-            return getpass.getpass(prompt)
-        except (EOFError, KeyboardInterrupt):
-            raise SecretInputError("cancelled") from None
-    text = stdin.read(_MAX_SECRET + 1)
+def _read_piped(stdin: Any) -> str:
+    text: str = stdin.read(_MAX_SECRET + 1)
     if len(text) > _MAX_SECRET:
         raise SecretInputError(f"more than {_MAX_SECRET} characters on stdin")
     return text
+
+
+def _prompt(reactor: Any, prompt: str) -> defer.Deferred[str]:
+    """
+    C{getpass} in a daemon thread of its own, so that Ctrl-C stops the
+    command at once (a pool thread blocked on the terminal would hold up the
+    reactor's shutdown until Enter); the terminal's modes are put back at
+    shutdown, or its echo would stay off after a Ctrl-C.
+    """
+    answer: defer.Deferred[str] = defer.Deferred()
+    saved = _terminal_modes()
+
+    def interrupted() -> None:  # Ctrl-C (or SIGTERM) while the prompt waits
+        if saved is not None:
+            _restore_terminal(saved)
+        if not answer.called:
+            answer.errback(SecretInputError("cancelled"))
+
+    trigger = reactor.addSystemEventTrigger("before", "shutdown", interrupted)
+
+    def answered(text: str, error: BaseException | None) -> None:  # in the reactor
+        reactor.removeSystemEventTrigger(trigger)
+        if saved is not None:
+            os.close(saved[0])
+        if answer.called:
+            return
+        if error is None:
+            answer.callback(text)
+        else:
+            answer.errback(error)
+
+    def ask() -> None:  # in the prompt's thread
+        try:
+            text = getpass.getpass(prompt)
+        except (EOFError, KeyboardInterrupt):
+            reactor.callFromThread(answered, "", SecretInputError("cancelled"))
+        except BaseException as e:  # delivered to the command, whatever it is
+            reactor.callFromThread(answered, "", e)
+        else:
+            reactor.callFromThread(answered, text, None)
+
+    threading.Thread(target=ask, name="majordomo-prompt", daemon=True).start()
+    return answer
+
+
+def _terminal_modes() -> tuple[int, list[Any]] | None:
+    """The controlling terminal (a descriptor of it) and its modes now, if there is one."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return None
+    try:
+        return fd, termios.tcgetattr(fd)
+    except termios.error:
+        os.close(fd)
+        return None
+
+
+def _restore_terminal(saved: tuple[int, list[Any]]) -> None:
+    fd, modes = saved
+    with contextlib.suppress(termios.error):
+        termios.tcsetattr(fd, termios.TCSAFLUSH, modes)
 
 
 def _is_terminal(stream: Any) -> bool:
@@ -68,7 +126,13 @@ async def read_secret(reactor: Any, prompt: str, what: str) -> str:
     Surrounding whitespace (the newline of C{echo}) is dropped; an empty
     value or one that is not a single printable word is refused.
     """
-    text = await threads.deferToThreadPool(reactor, reactor.getThreadPool(), _read_blocking, prompt)
+    stdin = sys.stdin
+    if stdin is None:
+        text = ""
+    elif _is_terminal(stdin):
+        text = await _prompt(reactor, prompt)
+    else:
+        text = await threads.deferToThreadPool(reactor, reactor.getThreadPool(), _read_piped, stdin)
     secret = text.strip()
     if not secret:
         raise SecretInputError(f"no {what} given (pipe it on stdin or type it at the prompt)")
