@@ -184,6 +184,29 @@ class RowTests(SynchronousTestCase):
         assert reduced is not None
         self.assertEqual((reduced["method"], reduced["status_code"]), ("OTHER", None))
 
+    def test_reduced_row_keeps_proxy_key(self) -> None:
+        """
+        The proxy key whose provider key a request used is the gateway's own
+        fact: kept (as a uuid), so its count agrees with the rows; a value
+        that is not a uuid is not kept, and no proxy key stays none.
+        """
+        proxy_key_id = str(uuid.uuid4())
+        row = json.loads(encode_record({**a_row(), "proxy_key_id": proxy_key_id}))
+        kept = storable.reduced_row(row, "why")
+        assert kept is not None
+        self.assertEqual(kept["proxy_key_id"], proxy_key_id)
+        upper = storable.reduced_row({**row, "proxy_key_id": proxy_key_id.upper()}, "why")
+        assert upper is not None
+        self.assertEqual(upper["proxy_key_id"], proxy_key_id)
+        for bad in ["mdm_pk_not-an-id", "", 7, None, {"id": proxy_key_id}]:
+            reduced = storable.reduced_row({**row, "proxy_key_id": bad}, "why")
+            assert reduced is not None
+            self.assertIsNone(reduced["proxy_key_id"], bad)
+            self.assertNotIn("mdm_pk_", json.dumps(reduced))
+        plain = storable.reduced_row(json.loads(encode_record(a_row())), "why")
+        assert plain is not None
+        self.assertIsNone(plain["proxy_key_id"])
+
 
 class CountTests(SynchronousTestCase):
     """A reported count that is not a count is told apart from an absent one."""
@@ -424,6 +447,33 @@ class ReducedRowTests(LogWriterTestCase):
             )
             self.assertEqual(reduced, (None, "unknown", None))
             self.assertFalse(os.path.exists(os.path.join(spool_dir, "rejected.jsonl")))
+
+        return support.as_deferred(go())
+
+    def test_reduced_row_counted_for_its_proxy_key(self) -> defer.Deferred[None]:
+        """
+        A refused row that came through a proxy key is stored reduced with
+        its proxy_key_id, and the proxy key's request_count moves with it.
+        """
+
+        async def go() -> None:
+            self.refuse("model IS DISTINCT FROM 'refused'")
+            proxy_key_id = str(uuid.uuid4())
+            support.run_sql(
+                "INSERT INTO proxy_keys (id, majordomo_api_key_id, name, key_hash) "
+                "VALUES (%s, %s, 'pk', %s)",
+                (proxy_key_id, self.key_id, "0" * 64),
+            )
+            writer = self.writer(batch_size=100, flush_interval=3600)
+            bad = answered(datetime(2025, 11, 26, 12, 0, 2, 500000, UTC), self.key_id)
+            bad.update(model="refused", proxy_key_id=proxy_key_id)
+            writer.add(bad)
+            await writer.flush()
+            self.assertEqual(
+                support.run_sql("SELECT proxy_key_id::text, model, usage_status FROM llm_requests"),
+                [(proxy_key_id, None, "unknown")],
+            )
+            self.assertEqual(support.run_sql("SELECT request_count FROM proxy_keys"), [(1,)])
 
         return support.as_deferred(go())
 

@@ -155,8 +155,10 @@ def reduced_row(record: Any, reason: str) -> dict[str, Any] | None:
     provider, method and status, nothing the caller or the provider chose
     (an empty path, no model, no metadata, unknown usage), and C{reason} as
     its error message.  What it counted against its key's budget is kept
-    too, so the budget's spent still agrees with the rows.  None if even the
-    id or the arrival time is not one.
+    too, so the budget's spent still agrees with the rows, and so is the
+    proxy key whose provider key it used, so the proxy key's
+    C{request_count} and usage reports agree with the rows too.  None if
+    even the id or the arrival time is not one.
     """
     if not isinstance(record, dict):
         return None
@@ -172,6 +174,7 @@ def reduced_row(record: Any, reason: str) -> dict[str, Any] | None:
         "created_at": created_at,
         "responded_at": _timestamp(record.get("responded_at")),
         "majordomo_api_key_id": _uuid(record.get("majordomo_api_key_id")),
+        "proxy_key_id": _uuid(record.get("proxy_key_id")),
         "provider": provider if _matches(_PROVIDER, provider) else "unknown",
         "method": method if _matches(_METHOD, method) else "OTHER",
         "path": "",
