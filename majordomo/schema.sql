@@ -210,7 +210,7 @@ BEGIN
 END
 $$;
 
--- Proxy keys (issue 15): an mdm_pk_ key given to a customer or an app, under a
+-- Proxy keys: an mdm_pk_ key given to a customer or an app, under a
 -- Majordomo key; the gateway swaps in the provider key mapped to it.  Only the
 -- SHA-256 hex of the proxy key is stored.
 CREATE TABLE IF NOT EXISTS proxy_keys (

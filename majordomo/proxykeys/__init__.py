@@ -1,5 +1,5 @@
 """
-Proxy keys (C{mdm_pk_...}, issue 15): a key given to a customer or an app
+Proxy keys (C{mdm_pk_...}): a key given to a customer or an app
 under a Majordomo key, so that it never holds a provider credential.  The
 gateway swaps in the provider key mapped to it, which is stored sealed
 (L{majordomo.vault}).
