@@ -256,6 +256,125 @@ class GuideQueryTests(TestCase):
         return support.as_deferred(go())
 
 
+# Proxy keys: two named alike under different Majordomo keys (kept apart by
+# id), and an id whose proxy key row is gone.
+CI_DEV = "0195a000-0000-7000-8000-0000000e0001"
+NOTEBOOK = "0195a000-0000-7000-8000-0000000e0002"
+CI_PROD = "0195a000-0000-7000-8000-0000000e0003"
+GONE = "0195a000-0000-7000-8000-0000000e0004"
+PROXY_KEYS = {CI_DEV: ("ci-bot", DEV), NOTEBOOK: ("notebook", PROD), CI_PROD: ("ci-bot", PROD)}
+# Seed row number -> the proxy key it was sent with; the others used none.
+ROW_PROXY_KEY = {1: CI_DEV, 2: CI_DEV, 3: NOTEBOOK, 6: NOTEBOOK, 8: CI_PROD, 9: GONE}
+
+
+def seed_proxy_keys() -> None:
+    for proxy_key_id, (name, key_id) in PROXY_KEYS.items():
+        support.run_sql(
+            "INSERT INTO proxy_keys (id, majordomo_api_key_id, name, key_hash) "
+            "VALUES (%s, %s, %s, %s)",
+            (proxy_key_id, key_id, name, "hash-" + proxy_key_id),
+        )
+    for n, proxy_key_id in ROW_PROXY_KEY.items():
+        support.run_sql(
+            "UPDATE llm_requests SET proxy_key_id = %s WHERE id = %s",
+            (proxy_key_id, f"0195a000-0000-7000-8000-{n:012d}"),
+        )
+
+
+def proxy_key_group(row: tuple[Any, ...]) -> tuple[str, str | None]:
+    proxy_key_id = ROW_PROXY_KEY.get(row[0])
+    if proxy_key_id is None:
+        return ("(none)", None)
+    return (
+        PROXY_KEYS[proxy_key_id][0] if proxy_key_id in PROXY_KEYS else "(deleted)",
+        proxy_key_id,
+    )
+
+
+class ProxyKeyTests(TestCase):
+    """--by proxy-key: every request counted, per proxy key, by its name and id."""
+
+    def setUp(self) -> None:
+        seed()
+        seed_proxy_keys()
+
+    def test_by_proxy_key(self) -> defer.Deferred[None]:
+        """
+        Each proxy key is one group with its name and id (same-named keys
+        apart), requests without one are "(none)" with a null id, an id
+        whose proxy key is gone is "(deleted)"; costs are exact, most
+        expensive first, and the groups add up to --by model's totals.
+        """
+
+        async def go() -> None:
+            got = await usage_json("--by", "proxy-key")
+            self.assertEqual(
+                by_field(got, "proxy_key_name", "proxy_key_id"), expected(proxy_key_group)
+            )
+            self.assertEqual(
+                [(r["proxy_key_name"], r["proxy_key_id"], r["total_cost"]) for r in got],
+                [
+                    ("ci-bot", CI_PROD, "0.0155"),
+                    ("notebook", NOTEBOOK, "0.015"),
+                    ("ci-bot", CI_DEV, "0.00902"),
+                    ("(none)", None, "0.0090075"),
+                    ("(deleted)", GONE, "0.00000075"),
+                ],
+            )
+            self.assertEqual(got[1]["unpriced"], 1)
+            self.assertEqual(
+                report.total([report_row(r) for r in got]).numbers(),
+                report.total([report_row(r) for r in await usage_json("--by", "model")]).numbers(),
+            )
+            # The name in any case; --since/--until apply as to every grouping.
+            march_3 = await usage_json("--by", "PROXY-KEY", "--since", "2026-03-03")
+            self.assertEqual(
+                by_field(march_3, "proxy_key_name", "proxy_key_id"),
+                expected(proxy_key_group, [r for r in ROWS if r[1] >= "2026-03-03"]),
+            )
+
+        return support.as_deferred(go())
+
+    def test_table_and_csv(self) -> defer.Deferred[None]:
+        """The table shows the name and id ("-" for none); CSV parses back to the JSON."""
+
+        async def go() -> None:
+            out, err, code = await majordomo("usage", "--by", "proxy-key")
+            self.assertEqual((err, code), ("", 0))
+            lines = out.splitlines()
+            self.assertEqual(
+                re.split(r"  +", lines[0].strip()),
+                ["PROXY KEY", "PROXY KEY ID", "REQUESTS", "INPUT TOKENS", "OUTPUT TOKENS",
+                 "CACHED TOKENS", "TOTAL COST", "UNPRICED"],
+            )  # fmt: skip
+            self.assertEqual(lines[1].split()[:3], ["ci-bot", CI_PROD, "1"])
+            self.assertEqual(lines[4].split(), ["(none)", "-", "4", "4200", "950", "700",
+                                                "0.0090075", "0"])  # fmt: skip
+            self.assertEqual(lines[-1].split()[:2], ["TOTAL", str(len(ROWS))])
+            out, err, code = await majordomo("usage", "--by", "proxy-key", "--format", "csv")
+            self.assertEqual((err, code), ("", 0))
+            parsed = [
+                {
+                    name: None if value == "" else
+                    value if name in ("proxy_key_name", "proxy_key_id", "total_cost")
+                    else int(value)
+                    for name, value in row.items()
+                }
+                for row in csv.DictReader(io.StringIO(out))
+            ]  # fmt: skip
+            self.assertEqual(parsed, await usage_json("--by", "proxy-key"))
+
+        return support.as_deferred(go())
+
+
+def report_row(row: dict[str, Any]) -> report.UsageRow:
+    """A JSON report row back as a L{report.UsageRow} (its cost a Decimal)."""
+    cost = row["total_cost"]
+    numbers = {name: row[name] for name in report.NUMBER_FIELDS}
+    numbers["total_cost"] = None if cost is None else Decimal(cost)
+    return report.UsageRow((), **numbers)
+
+
 class FilterAndFormatTests(TestCase):
     """--since/--until, and the table and CSV formats."""
 
@@ -345,7 +464,10 @@ class FilterAndFormatTests(TestCase):
 
         async def go() -> None:
             for args, message in [
-                (("--by", "colour"), "majordomo: --by: expected model, key, day, provider"),
+                (
+                    ("--by", "colour"),
+                    "majordomo: --by: expected model, key, day, provider, proxy-key or metadata",
+                ),
                 (("--since", "2026-02-30"), "majordomo: --since: not a date (YYYY-MM-DD)"),
                 (("--until", "03/01/2026"), "majordomo: --until: not a date (YYYY-MM-DD)"),
             ]:

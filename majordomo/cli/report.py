@@ -1,9 +1,10 @@
 # -*- test-case-name: tests.test_report -*-
 """
-C{majordomo usage}: spend and tokens per model, key, day, provider or
-metadata value, counted exactly as the getting-started guide's "Common
-Queries" count them (C{COUNT(*)}, C{SUM(...)}), so the report and the guide's
-SQL always agree on the same data.  C{--budgets} shows spend against the
+C{majordomo usage}: spend and tokens per model, key, day, provider, proxy
+key or metadata value (the choices are L{majordomo.cli.grouping}'s),
+counted exactly as the getting-started guide's "Common Queries" count them
+(C{COUNT(*)}, C{SUM(...)}), so the report and the guide's SQL always agree
+on the same data.  C{--budgets} shows spend against the
 keys' budgets instead (L{majordomo.cli.budgets}).
 
 A cost PostgreSQL does not know (C{total_cost} NULL: no price for the model)
@@ -25,53 +26,13 @@ from twisted.internet import task
 from twisted.python import usage
 
 from majordomo.cli.budgets import BUDGET_WRITERS, fetch_budgets
+from majordomo.cli.grouping import GROUPING_NAMES, Grouping, parse_grouping
 from majordomo.cli.options import CommandOptions, parse_date
 from majordomo.config import Config
 from majordomo.db import Database
-from majordomo.metadata import MAX_NAME_LENGTH, PREFIX, canonical
 from majordomo.usage import ERROR_NOT_BILLED
 
 FORMATS = ("table", "json", "csv")
-_METADATA = "metadata:"
-
-
-@dataclass(frozen=True)
-class Grouping:
-    """
-    What a report is grouped by: the SQL (fixed text, never user input) and
-    the names of the group's columns in JSON/CSV (C{fields}) and the table.
-    """
-
-    by: str
-    fields: tuple[str, ...]
-    headers: tuple[str, ...]
-    select: str
-    join: str = ""
-    order: str = "total_cost DESC NULLS LAST, 1 NULLS LAST"
-    metadata: str | None = None  # the canonical metadata name, sent as a parameter
-
-
-def _simple(by: str, expression: str, field: str, order: str | None = None) -> Grouping:
-    extra = {"order": order} if order else {}
-    return Grouping(by, (field,), (field.upper(),), f"{expression} AS {field}", **extra)
-
-
-# The whitelist: --by picks one of these, or metadata:NAME below.
-GROUPINGS = {
-    "model": _simple("model", "lr.model", "model"),
-    "provider": _simple("provider", "lr.provider", "provider"),
-    # The guide's DATE(created_at), pinned to UTC whatever the session's time zone.
-    "day": _simple("day", "DATE(lr.created_at AT TIME ZONE 'UTC')", "date", "date DESC"),
-    # As the guide's "Spend by API key": requests without a known key are not counted.
-    "key": Grouping(
-        "key",
-        ("key_name", "key_id"),
-        ("KEY", "KEY ID"),
-        "ak.name AS key_name, ak.id::text AS key_id",
-        join=" JOIN api_keys ak ON lr.majordomo_api_key_id = ak.id",
-        order="total_cost DESC NULLS LAST, 1, 2",
-    ),
-}
 
 _QUERY = """
 SELECT {select},
@@ -98,31 +59,6 @@ NUMBER_FIELDS = (
     "unpriced",
 )
 NUMBER_HEADERS = tuple(name.replace("_", " ").upper() for name in NUMBER_FIELDS)
-
-
-def parse_grouping(value: str) -> Grouping:
-    """The grouping C{--by VALUE} names; raises L{usage.UsageError} for anything else."""
-    if value.lower() in GROUPINGS:
-        return GROUPINGS[value.lower()]
-    if value.lower().startswith(_METADATA):
-        name = value[len(_METADATA) :].strip()
-        if name.lower().startswith(PREFIX):  # the header's name, X-Majordomo-User-Id
-            name = name[len(PREFIX) :]
-        name = canonical(name)
-        if not name.strip("-") or len(name) > MAX_NAME_LENGTH:
-            raise usage.UsageError(
-                f"--by metadata:NAME needs a name of 1 to {MAX_NAME_LENGTH} characters"
-            )
-        return Grouping(
-            "metadata",
-            (name,),
-            (name.upper(),),
-            "lr.raw_metadata->>%(name)s AS value",
-            metadata=name,
-        )
-    raise usage.UsageError(
-        f"--by: expected model, key, day, provider or metadata:NAME, got {value!r}"
-    )
 
 
 def build_query(
@@ -273,7 +209,7 @@ WRITERS: dict[str, Callable[[Grouping, Sequence[UsageRow], TextIO], None]] = {
 
 class UsageOptions(CommandOptions):
     synopsis = (
-        "[--by model|key|day|provider|metadata:NAME] [--since YYYY-MM-DD] "
+        "[--by model|key|day|provider|proxy-key|metadata:NAME] [--since YYYY-MM-DD] "
         "[--until YYYY-MM-DD] [--format table|json|csv] | --budgets [--format ...]"
     )
     longdesc = (
@@ -287,7 +223,7 @@ class UsageOptions(CommandOptions):
             "by",
             "b",
             None,
-            "model (default), key, day, provider or metadata:NAME (any X-Majordomo-* name).",
+            f"{GROUPING_NAMES} (any X-Majordomo-* name); model is the default.",
         ],
         ["since", "s", None, "Only requests that arrived on or after this date (UTC)."],
         ["until", "u", None, "Only requests that arrived before this date (UTC)."],
