@@ -19,7 +19,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from majordomo import cli
-from majordomo.cli import report
+from majordomo.cli import grouping, report
 from tests import support
 from tests.guide import GUIDE_BY_KEY, GUIDE_BY_MODEL, GUIDE_BY_USER, GUIDE_DAILY
 from tests.test_cli import majordomo
@@ -449,7 +449,7 @@ class FilterAndFormatTests(TestCase):
                 got = [
                     {
                         name: None if value == "" else
-                        value if name in ("total_cost", *report.parse_grouping(by).fields)
+                        value if name in ("total_cost", *grouping.parse_grouping(by).fields)
                         else int(value)
                         for name, value in row.items()
                     }
