@@ -122,8 +122,19 @@ class Sampler(threading.Thread):
         return max((kb for _, kb in self.samples), default=0)
 
 
-def wrk(url: str, connections: int, seconds: float, key: str, cpus: str | None) -> dict:
-    """One wrk run (bench/load.lua); returns its BENCH_JSON plus req/s and the command."""
+def wrk(
+    url: str,
+    connections: int,
+    seconds: float,
+    key: str,
+    cpus: str | None,
+    provider_key: str | None = None,
+) -> dict:
+    """
+    One wrk run (bench/load.lua) with the Majordomo C{key} and, if given,
+    C{provider_key} as both providers' credential; returns its BENCH_JSON
+    plus req/s and the command.
+    """
     cmd = [
         "wrk",
         "-t1",
@@ -139,7 +150,7 @@ def wrk(url: str, connections: int, seconds: float, key: str, cpus: str | None) 
     foreign = Foreign()
     out = subprocess.run(
         full,
-        env={**os.environ, "BENCH_KEY": key},
+        env={**os.environ, "BENCH_KEY": key, "BENCH_PROVIDER_KEY": provider_key or ""},
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -149,7 +160,8 @@ def wrk(url: str, connections: int, seconds: float, key: str, cpus: str | None) 
     result: dict[str, Any] = json.loads(line[len("BENCH_JSON ") :])
     result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
     result["other_cores"] = foreign.cores()
-    result["command"] = "BENCH_KEY=$KEY " + shlex.join(full)
+    given = "BENCH_PROVIDER_KEY=$PROXY_KEY " if provider_key else ""
+    result["command"] = "BENCH_KEY=$KEY " + given + shlex.join(full)
     return result
 
 

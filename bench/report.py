@@ -15,6 +15,7 @@ from typing import Any
 
 import paired
 import policy_overhead
+import proxy_overhead
 
 NAMES = {
     "direct": "upstream directly",
@@ -149,6 +150,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
             abs(soak["max_deviation"]) <= 0.05,
         ),
         *policy_targets,
+        *(proxy_overhead.targets(results["proxy"]) if "proxy" in results else []),
     ]
 
 
@@ -192,6 +194,14 @@ def render(results: dict[str, Any]) -> str:
             "",
         ]
         out += policy_overhead.table(results["policy"]) + [""]
+    if "proxy" in results:
+        out += [
+            "#### Proxy key overhead (issue #15): a proxy key in the provider credential "
+            "header against the provider's own key, taking turns on one gateway started "
+            f"with an encryption key (wrk, {results['seconds']:g} s each)",
+            "",
+        ]
+        out += proxy_overhead.table(results["proxy"]) + [""]
     out += [
         f"#### {big['streams']} concurrent streams through one gateway process "
         f"({big['chunks']} chunks, {big['interval_ms']:g} ms apart, started over "
@@ -254,8 +264,10 @@ def render(results: dict[str, Any]) -> str:
         f"{soak['end_change']:+.1%}.",
         "",
     ]
-    issues = "issues #7 and #14" if "policy" in results else "issue #7"
-    out += [f"#### Targets from {issues}", "", "| target | measured | met? |", "|---|---|---|"]
+    issues = ["#7"] + ["#14"] * ("policy" in results) + ["#15"] * ("proxy" in results)
+    issues_text = "issue #7" if len(issues) == 1 else "issues " + ", ".join(issues[:-1])
+    issues_text += f" and {issues[-1]}" if len(issues) > 1 else ""
+    out += [f"#### Targets from {issues_text}", "", "| target | measured | met? |", "|---|---|---|"]
     out += [
         f"| {name} | {value} | {'yes' if ok else '**no**'} |"
         for name, value, ok in targets(results)

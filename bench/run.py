@@ -13,6 +13,10 @@
    Then the policy overhead (issue #14) on the same gateway: a second key
    with a budget, model rules and rate limits against the plain key, taking
    turns (bench/policy_overhead.py); none of its requests may be refused.
+   Then the proxy key overhead (issue #15) on a gateway of its own started
+   with an encryption key: a proxy key in the provider credential header
+   against the provider's own key, taking turns (bench/proxy_overhead.py);
+   every proxy key request must be answered with the real key swapped in.
 2. Streams (bench/streams.py in its own process): 1,000 concurrent streams
    through one gateway process (a chunk every 50 ms): completion, stalls,
    rows, memory per open stream; then 500 streams of 100 chunks 20 ms apart
@@ -22,7 +26,8 @@
 
 Results are printed and written to docs/BENCHMARKS.md (a dated section).
 Files: harness.py (processes, wrk), procfs.py (/proc), moto_s3.py (step 1's
-S3 target), paired.py and policy_overhead.py (the alternating rounds),
+S3 target), paired.py, policy_overhead.py and proxy_overhead.py (the
+alternating rounds),
 unpinned.py (steps 2-4), report.py (the markdown).
 
     make bench                      # about 10 minutes, 60 s soak
@@ -56,6 +61,7 @@ import moto_s3  # noqa: E402
 import paired  # noqa: E402
 import policy_overhead  # noqa: E402
 import procfs  # noqa: E402
+import proxy_overhead  # noqa: E402
 import report  # noqa: E402
 import unpinned  # noqa: E402
 from harness import BIN, PY, Proc, Sampler  # noqa: E402
@@ -123,8 +129,12 @@ class Bench:
         seconds: float,
         proc: Proc | None,
         key: str | None = None,
+        provider_key: str | None = None,
     ) -> dict:
-        """One measured wrk run (after wait_quiet) with C{key}, else the bench key."""
+        """
+        One measured wrk run (after wait_quiet) with C{key}, else the bench
+        key, and C{provider_key} (a proxy key), else bench/load.lua's own.
+        """
         url = f"http://127.0.0.1:{port}"
         self.waited += procfs.wait_quiet()
         sampler = Sampler(proc) if proc else None
@@ -132,7 +142,7 @@ class Bench:
         core = procfs.cpu_busy(1)
         if sampler:
             sampler.start()
-        r = harness.wrk(url, connections, seconds, key or self.key, self.load_cpus)
+        r = harness.wrk(url, connections, seconds, key or self.key, self.load_cpus, provider_key)
         used = procfs.cpu_seconds(proc.pids()) - cpu if proc else 0.0
         # CPU 1 time not spent by the process under test (PostgreSQL, other users).
         r["other_on_cpu1"] = (procfs.cpu_busy(1) - core - used) / (r["duration_us"] / 1e6)
@@ -233,6 +243,7 @@ class Bench:
         answered += policy_overhead.measure(self, gw)
         passthrough.stop()
         gw.stop()
+        answered += proxy_overhead.measure(self)
         rows = harness.wait_rows(before + answered) - before
         bad = self.count("status_code <> 200")
         notes = [
