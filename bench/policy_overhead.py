@@ -24,11 +24,11 @@ refused request would be measured as a fast one.
 from __future__ import annotations
 
 import shlex
-import statistics
 import subprocess
 from typing import Any
 
 import harness
+import paired
 
 ROUNDS = 10
 KEY_NAME = "bench-policy"
@@ -79,39 +79,12 @@ def measure(bench: Any, gateway: Any) -> int:
         f"http://127.0.0.1:{gateway.port}", 16, bench.args.warmup, key, bench.load_cpus
     )
     policy_answered = warm["requests"]
-    rounds, answered = [], 0
-    for number in range(1, ROUNDS + 1):
-        entry: dict[str, Any] = {"round": number}
-        seconds = max(2.0, bench.args.seconds / 4)
-        for connections in (16, 1):
-            if number % 2:
-                plain = bench.wrk(gateway.port, connections, seconds, gateway)
-                policy = bench.wrk(gateway.port, connections, seconds, gateway, key=key)
-            else:
-                policy = bench.wrk(gateway.port, connections, seconds, gateway, key=key)
-                plain = bench.wrk(gateway.port, connections, seconds, gateway)
-            answered += plain["requests"]
-            policy_answered += policy["requests"]
-            entry[f"c{connections}"] = {"plain": plain, "policy": policy}
-        c16, c1 = entry["c16"], entry["c1"]
-        entry["ratio_c16"] = c16["policy"]["rps"] / c16["plain"]["rps"]
-        entry["cpu_ratio_c16"] = c16["policy"]["cpu_ms_per_req"] / c16["plain"]["cpu_ms_per_req"]
-        entry["added_p50_c1_ms"] = (c1["policy"]["p50_us"] - c1["plain"]["p50_us"]) / 1000
-        bench.log(
-            f"policy round {number}: c=16 {c16['policy']['rps']:,.0f} vs "
-            f"{c16['plain']['rps']:,.0f} req/s ({entry['ratio_c16']:.0%}), "
-            f"c=1 p50 {entry['added_p50_c1_ms']:+.3f} ms"
-        )
-        rounds.append(entry)
+    results, answered, measured = paired.alternating(
+        bench, gateway, "policy", "policy", ROUNDS, key=key
+    )
+    policy_answered += measured
     checked = check_admitted(bench, key_id, policy_answered)
-    bench.results["policy"] = {
-        "rounds": rounds,
-        "rules": " ".join(RULES),
-        "ratio_c16": statistics.median(r["ratio_c16"] for r in rounds),
-        "cpu_ratio_c16": statistics.median(r["cpu_ratio_c16"] for r in rounds),
-        "added_p50_c1_ms": statistics.median(r["added_p50_c1_ms"] for r in rounds),
-        **checked,
-    }
+    bench.results["policy"] = {**results, "rules": " ".join(RULES), **checked}
     return answered + policy_answered
 
 

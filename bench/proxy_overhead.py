@@ -27,11 +27,11 @@ from __future__ import annotations
 import re
 import secrets
 import shlex
-import statistics
 import subprocess
 from typing import Any
 
 import harness
+import paired
 
 from majordomo.db.keys import hash_key
 
@@ -105,35 +105,13 @@ def _rounds(bench: Any, gateway: Any, key: str, proxy_key_id: str) -> int:
     warm = harness.wrk(url, 16, bench.args.warmup, bench.key, bench.load_cpus, key)
     proxy_answered = warm["requests"]
     answered = harness.wrk(url, 16, bench.args.warmup, bench.key, bench.load_cpus)["requests"]
-    rounds = []
-    for number in range(1, ROUNDS + 1):
-        entry: dict[str, Any] = {"round": number}
-        seconds = max(2.0, bench.args.seconds / 4)
-        for connections in (16, 1):
-            if number % 2:
-                plain = bench.wrk(gateway.port, connections, seconds, gateway)
-                proxy = bench.wrk(gateway.port, connections, seconds, gateway, provider_key=key)
-            else:
-                proxy = bench.wrk(gateway.port, connections, seconds, gateway, provider_key=key)
-                plain = bench.wrk(gateway.port, connections, seconds, gateway)
-            answered += plain["requests"]
-            proxy_answered += proxy["requests"]
-            entry[f"c{connections}"] = {"plain": plain, "proxy": proxy}
-        c16, c1 = entry["c16"], entry["c1"]
-        entry["ratio_c16"] = c16["proxy"]["rps"] / c16["plain"]["rps"]
-        entry["cpu_ratio_c16"] = c16["proxy"]["cpu_ms_per_req"] / c16["plain"]["cpu_ms_per_req"]
-        entry["added_p50_c1_ms"] = (c1["proxy"]["p50_us"] - c1["plain"]["p50_us"]) / 1000
-        bench.log(
-            f"proxy key round {number}: c=16 {c16['proxy']['rps']:,.0f} vs "
-            f"{c16['plain']['rps']:,.0f} req/s ({entry['ratio_c16']:.0%}), "
-            f"c=1 p50 {entry['added_p50_c1_ms']:+.3f} ms"
-        )
-        rounds.append(entry)
+    results, plain, measured = paired.alternating(
+        bench, gateway, "proxy", "proxy key", ROUNDS, provider_key=key
+    )
+    answered += plain
+    proxy_answered += measured
     bench.results["proxy"] = {
-        "rounds": rounds,
-        "ratio_c16": statistics.median(r["ratio_c16"] for r in rounds),
-        "cpu_ratio_c16": statistics.median(r["cpu_ratio_c16"] for r in rounds),
-        "added_p50_c1_ms": statistics.median(r["added_p50_c1_ms"] for r in rounds),
+        **results,
         "rows": check_swapped(bench, proxy_key_id, proxy_answered),
     }
     return answered + proxy_answered
