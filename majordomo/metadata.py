@@ -107,9 +107,12 @@ def _value(name: str, value: bytes) -> str:
             f"{MAX_VALUE_BYTES} are allowed"
         )
     try:
-        return value.decode("utf-8")
+        text = value.decode("utf-8")
     except UnicodeDecodeError:
         raise MetadataError(f"The value of X-Majordomo-{name} is not valid UTF-8") from None
+    # As the row will store it (PostgreSQL text holds no NUL): a budget's
+    # bucket, read from this value, must be the one its row is counted in.
+    return text.replace("\x00", "\ufffd")
 
 
 def distinct_estimate(registers: list[int] | None) -> int:

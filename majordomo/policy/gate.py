@@ -24,7 +24,6 @@ from majordomo.policy.rules import Policy, Window, window_at
 from majordomo.pricing import PriceSource
 from majordomo.usage import COMPLETE, ERROR_NOT_BILLED, NOT_APPLICABLE
 
-WHEN_UNAVAILABLE = ("allow", "deny")
 # Leases are asked for in chunks of this fraction of the limit, or what the request needs.
 CHUNK = Decimal("0.02")
 ONE, ZERO = Decimal(1), Decimal(0)

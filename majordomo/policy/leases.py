@@ -27,7 +27,6 @@ C{policies.when_unavailable}.  Idle holdings give their share back.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -277,9 +276,6 @@ class LeaseBook:
                 )
             except Exception as e:
                 log.info("Could not give back a policy lease (it expires): {e}", e=e)
-
-    def holdings(self) -> Iterator[Holding]:
-        return iter(list(self._holdings.values()))
 
 
 async def _settled(d: defer.Deferred[Any]) -> None:
